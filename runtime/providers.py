@@ -1,0 +1,75 @@
+"""Turn an agent's provider routes into engine instances, with failover when configured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pipelines.agent_config import AgentConfig, ProviderChoice
+from providers import registry
+from providers.base import LlmProvider, SttProvider, TtsProvider
+
+FailoverCallback = Callable[[str, str, str, str], None]
+
+
+def _llm_context(agent: AgentConfig) -> dict[str, Any]:
+    return {
+        "prompt": agent.prompt,
+        "first_message": agent.first_message,
+        "playbook": agent.playbook.model_dump(),
+    }
+
+
+def _stt(choice: ProviderChoice, agent: AgentConfig, creds: Mapping[str, str]) -> SttProvider:
+    return registry.create_stt(
+        choice.provider,
+        model=choice.model,
+        language=choice.language or agent.language,
+        options=choice.options,
+        credentials=creds,
+    )
+
+
+def _llm(choice: ProviderChoice, agent: AgentConfig, creds: Mapping[str, str]) -> LlmProvider:
+    return registry.create_llm(
+        choice.provider,
+        model=choice.model,
+        options=choice.options,
+        credentials=creds,
+        context=_llm_context(agent),
+    )
+
+
+def _tts(choice: ProviderChoice, agent: AgentConfig, creds: Mapping[str, str]) -> TtsProvider:
+    return registry.create_tts(
+        choice.provider,
+        model=choice.model,
+        voice=choice.voice,
+        language=choice.language or agent.language,
+        options=choice.options,
+        credentials=creds,
+    )
+
+
+def build_providers(
+    agent: AgentConfig,
+    *,
+    credentials: Mapping[str, str],
+    on_failover: FailoverCallback | None = None,
+) -> tuple[SttProvider, LlmProvider, TtsProvider]:
+    """The primary engine of each route, wrapped in a failover chain when it has fallbacks.
+
+    Raises ``ConfigError`` for an unknown provider name or unusable options.
+    """
+    stt_chain = [_stt(c, agent, credentials) for c in agent.stt.chain()]
+    llm_chain = [_llm(c, agent, credentials) for c in agent.llm.chain()]
+    tts_chain = [_tts(c, agent, credentials) for c in agent.tts.chain()]
+    if len(stt_chain) == len(llm_chain) == len(tts_chain) == 1:
+        return stt_chain[0], llm_chain[0], tts_chain[0]
+    from providers import failover  # only calls with fallbacks pay for it
+
+    return (
+        stt_chain[0] if len(stt_chain) == 1 else failover.FailoverStt(stt_chain, on_failover),
+        llm_chain[0] if len(llm_chain) == 1 else failover.FailoverLlm(llm_chain, on_failover),
+        tts_chain[0] if len(tts_chain) == 1 else failover.FailoverTts(tts_chain, on_failover),
+    )
