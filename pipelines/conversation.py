@@ -152,7 +152,7 @@ class Conversation:
         self.turns: dict[int, TurnMarks] = {}
 
         # input side: transport format -> 20 ms frames -> VAD (pcm16) and STT formats
-        self._in_frames = Reframer(input_format.frame_bytes())
+        self._in_frames = Reframer.for_format(input_format)
         vad_rate = min(_VAD_RATES, key=lambda r: (abs(r - input_format.sample_rate), -r))
         self._vad_format = AudioFormat("pcm16", vad_rate)
         self._to_vad = AudioConverter(input_format, self._vad_format)
@@ -479,7 +479,7 @@ class Conversation:
         assert self._tts is not None
         tts = self._tts
         converter = AudioConverter(tts.output_format, self.output.format)
-        frames = Reframer(self.output.format.frame_bytes())
+        frames = Reframer.for_format(self.output.format)
         index = 0
         texts: list[str] = []
         while (chunk := await queue.get()) is not None:

@@ -82,43 +82,71 @@ def check_audio(data: bytes, fmt: AudioFormat) -> None:
 
 
 class _Socket:
-    """The socket as audio output and live sink; JSON goes through one writer task."""
+    """The socket as audio output and live sink.
+
+    Until :meth:`ready` (the ``started`` message is out) everything is held back in order,
+    so a client always sees ``started`` first even though the greeting may begin while
+    the call is still being set up. After that, audio and ``clear`` go out directly and
+    JSON goes through one writer task.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, fmt: AudioFormat) -> None:
         self.ws = ws
         self.format = fmt
         self._queue: asyncio.Queue[Mapping[str, Any] | None] = asyncio.Queue(maxsize=1000)
+        self._held: list[bytes | Mapping[str, Any]] | None = []
         self._writer = asyncio.create_task(self._write())
         self.dropped = 0
 
+    async def ready(self, started: Mapping[str, Any]) -> None:
+        held, self._held = self._held or [], None
+        await self._send_str(json.dumps(started))
+        for item in held:
+            if isinstance(item, bytes):
+                await self.send_frame(item)
+            else:
+                await self._send_str(json.dumps(item, separators=(",", ":")))
+
     async def send_frame(self, frame: bytes) -> None:
-        if not self.ws.closed:
+        if self._held is not None:
+            self._held.append(frame)
+        elif not self.ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.send_bytes(frame)
 
     async def clear(self) -> None:
+        if self._held is not None:
+            self._held = [item for item in self._held if not isinstance(item, bytes)]
         # barge-in: sent directly, not queued behind live updates
-        if not self.ws.closed:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_str('{"type":"clear"}')
+        await self._send_str('{"type":"clear"}')
 
     async def mark(self, name: str) -> None:
         self.send_json({"type": "mark", "name": name})
 
     def send_json(self, data: Mapping[str, Any]) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
         try:
             self._queue.put_nowait(data)
         except asyncio.QueueFull:
             self.dropped += 1
 
+    async def _send_str(self, text: str) -> None:
+        if not self.ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_str(text)
+
     async def _write(self) -> None:
         while (item := await self._queue.get()) is not None:
-            if self.ws.closed:
-                continue
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_str(json.dumps(item, separators=(",", ":")))
+            await self._send_str(json.dumps(item, separators=(",", ":")))
 
     async def close(self) -> None:
+        if self._held:
+            for item in self._held:
+                if not isinstance(item, bytes):
+                    await self._send_str(json.dumps(item, separators=(",", ":")))
+            self._held = None
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -163,21 +191,19 @@ def add_routes(app: web.Application, manager: CallManager, api_key: str | None) 
         try:
             call = await manager.open_call(spec, sock, sock)
         except CallRejected as exc:
+            await sock.close()
             await ws.send_str(json.dumps({"type": "error", "error": exc.reason, "code": exc.code}))
             await ws.send_str(json.dumps({"type": "ended", "reason": exc.code}))
-            await sock.close()
             await ws.close()
             return ws
-        await ws.send_str(
-            json.dumps(
-                {
-                    "type": "started",
-                    "call_id": call.call_id,
-                    "sample_rate": start.format.sample_rate,
-                    "encoding": start.format.encoding,
-                    "frame_ms": 20,
-                }
-            )
+        await sock.ready(
+            {
+                "type": "started",
+                "call_id": call.call_id,
+                "sample_rate": start.format.sample_rate,
+                "encoding": start.format.encoding,
+                "frame_ms": 20,
+            }
         )
         closer = asyncio.create_task(_close_when_ended(ws, call.ended))
         try:
