@@ -39,9 +39,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _agent_id(url: str, key: str) -> str:
-    async with aiohttp.ClientSession() as s, s.get(
-        f"{url}/v1/agents", headers={"Authorization": f"Bearer {key}"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{url}/v1/agents", headers={"Authorization": f"Bearer {key}"}) as r,
+    ):
         return str((await r.json())["agents"][0]["id"])
 
 
@@ -59,9 +60,11 @@ async def _one_call(url: str, key: str, agent_id: str, turns: int) -> list[dict[
             duration = caller.say(audio)
             speech_end = said_at + duration
             metrics = await caller.wait_for(
-                lambda r: r.kind == "event"
-                and r.data["event"]["type"] == "turn.metrics"
-                and r.data["event"]["data"]["turn_id"] > 1 + len(rows),
+                lambda r: (
+                    r.kind == "event"
+                    and r.data["event"]["type"] == "turn.metrics"
+                    and r.data["event"]["data"]["turn_id"] > 1 + len(rows)
+                ),
                 60,
             )
             data = metrics.data["event"]["data"]

@@ -271,11 +271,14 @@ class Conversation:
 
     async def _feed_stt(self, audio: bytes, events: list[Event]) -> None:
         stream = self._stt
-        if stream is None or not audio:
+        if stream is None:
             return
         if not self.stt_provider.gated:
-            await stream.push(audio)
+            if audio:
+                await stream.push(audio)
             return
+        # ``audio`` may be empty for this frame (an upsampling resampler releases its
+        # output in blocks, e.g. μ-law 8 kHz → 16 kHz); the gate must still follow the VAD.
         started = any(isinstance(e, UserSpeechStarted) for e in events)
         ended = any(isinstance(e, UserSpeechEnded) for e in events)
         if started and not self._stt_gate_open:
@@ -283,11 +286,12 @@ class Conversation:
             while self._preroll:
                 await stream.push(self._preroll.popleft())
         if self._stt_gate_open:
-            await stream.push(audio)
+            if audio:
+                await stream.push(audio)
             if ended:
                 self._stt_gate_open = False
                 await stream.finalize()
-        else:
+        elif audio:
             self._preroll.append(audio)
 
     def _report_speech(self, event: Event) -> None:
@@ -470,7 +474,12 @@ class Conversation:
         reply.tool_calls.append(call)
         self.observer.event(
             "tool.call",
-            {"turn_id": reply.turn_id, "id": call.id, "name": call.name, "arguments": call.arguments},
+            {
+                "turn_id": reply.turn_id,
+                "id": call.id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
         )
         if call.name == END_CALL_TOOL.name:
             reply.end_call = True

@@ -150,9 +150,7 @@ class ActiveCall:
         except Exception:
             log.exception("closing call %s", self.call_id)
         duration = round(time.time() - self.started_at, 3)
-        self.report_status(
-            "failed" if failed else "completed", reason=reason, duration_s=duration
-        )
+        self.report_status("failed" if failed else "completed", reason=reason, duration_s=duration)
         self.manager._forget(self)
         self.send_live({"type": "ended", "reason": reason})
         if not self.ended.done():
@@ -208,8 +206,12 @@ class CallManager:
         call_id = spec.call_id or await self._create_call(spec)
         call = ActiveCall(self, call_id, spec, live)
         self.calls[call_id] = call
-        call.report_status("ringing", transport=spec.transport, worker_id=self.worker_id,
-                           carrier_call_id=spec.carrier_call_id)
+        call.report_status(
+            "ringing",
+            transport=spec.transport,
+            worker_id=self.worker_id,
+            carrier_call_id=spec.carrier_call_id,
+        )
         try:
             agent = await self._agent(spec.agent_id)
             stt, llm, tts = build_providers(
@@ -254,7 +256,9 @@ class CallManager:
             )
         except ApiError as exc:
             if exc.status == 404:
-                raise CallRejected(f"unknown agent {spec.agent_id}", "agent_not_found", 404) from exc
+                raise CallRejected(
+                    f"unknown agent {spec.agent_id}", "agent_not_found", 404
+                ) from exc
             raise CallRejected(f"API refused the call: {exc}", "api_error", 502) from exc
         return str(call["id"])
 

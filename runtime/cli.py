@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "start" and settings.api_url is None:
         print("rymi-worker start: RYMI_API_URL and RYMI_API_KEY are required", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        runner = asyncio.run
     if args.command == "livekit":
         from runtime.transports.livekit import run_livekit_worker
 
-        return int(runner(run_livekit_worker(settings)) or 0)
-    return int(runner(_serve(settings, dev=args.command == "dev")) or 0)
+        return _run(run_livekit_worker(settings))
+    return _run(_serve(settings, dev=args.command == "dev"))
+
+
+def _run(main: Coroutine[Any, Any, int | None]) -> int:
+    """Run on uvloop where it is installed (it is a dependency on Linux and macOS)."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return int(runner.run(main) or 0)
 
 
 async def _serve(settings: WorkerSettings, *, dev: bool) -> int:

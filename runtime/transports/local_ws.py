@@ -219,7 +219,11 @@ def add_routes(app: web.Application, manager: CallManager, api_key: str | None) 
                             break
                         if kind == "dtmf":
                             digit = message.get("digit")
-                            if not isinstance(digit, str) or digit not in "0123456789*#ABCD" or len(digit) != 1:
+                            if (
+                                not isinstance(digit, str)
+                                or digit not in "0123456789*#ABCD"
+                                or len(digit) != 1
+                            ):
                                 raise ClientError("dtmf: digit must be one of 0-9 * # A-D")
                             call.dtmf(digit)
                         elif kind == "mark_played":
@@ -248,7 +252,7 @@ def add_routes(app: web.Application, manager: CallManager, api_key: str | None) 
 async def _read_start(ws: web.WebSocketResponse, default_agent: str | None) -> StartMessage | None:
     try:
         msg = await ws.receive(timeout=START_TIMEOUT_S)
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise ClientError("no start message within 10 s", "start_timeout") from exc
     if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
         return None

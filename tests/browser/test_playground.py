@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RYMI_CHROMIUM", "/usr/bin/chromium")
 QUESTION = "what time does the store open tomorrow"
 QUESTION_WORDS = {"what", "time", "store", "open", "tomorrow"}
+BARGE_IN = "wait, what about on sunday"
 LEAD_SILENCE_S = 5.0  # the greeting plays first; the fake microphone starts with getUserMedia
 TAIL_SILENCE_S = 14.0  # Chromium loops the file: the reply must finish before the next question
 CHROMIUM_FLAGS = [
@@ -122,19 +123,26 @@ async def dev_worker(tmp_path: Path) -> AsyncIterator[DevWorker]:
         print("".join(output[-80:]))
 
 
+def speech_file(folder: Path, parts: list[tuple[float, str]], tail_s: float) -> Path:
+    """A 48 kHz mono WAV: for each part, that much silence then the words (espeak-ng, sox)."""
+    require_tools()
+    pieces = []
+    for i, (silence_s, text) in enumerate(parts):
+        raw, padded = folder / f"raw{i}.wav", folder / f"part{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
+        subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(padded),
+                        "pad", str(silence_s), "0"], check=True)
+        pieces.append(str(padded))
+    wav = folder / "speech.wav"
+    subprocess.run(["sox", *pieces, str(wav), "pad", "0", str(tail_s)], check=True)
+    return wav
+
+
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The question as a 48 kHz mono WAV with silence around it (espeak-ng + sox)."""
-    require_tools()
-    folder = tmp_path_factory.mktemp("speech")
-    raw, wav = folder / "raw.wav", folder / "question.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), QUESTION], check=True)
-    subprocess.run(
-        ["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(wav),
-         "pad", str(LEAD_SILENCE_S), str(TAIL_SILENCE_S)],
-        check=True,
-    )
-    return wav
+    """The question, after enough silence for the greeting to finish."""
+    return speech_file(tmp_path_factory.mktemp("speech"), [(LEAD_SILENCE_S, QUESTION)],
+                       TAIL_SILENCE_S)
 
 
 @pytest.fixture
@@ -183,6 +191,8 @@ async def test_one_turn_in_the_browser_shows_words_reply_audio_and_waterfall(
 ) -> None:
     flags = ["--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={speech_wav}"]
     async with browser(tmp_path / "profile", chromium_path, flags) as (_, page):
+        console_errors: list[str] = []
+        page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
         await page.goto(f"{dev_worker.url}/")
         button = page.locator("#call-button")
         await page.locator("#call-button:not([disabled])").wait_for(timeout=15_000)
@@ -245,6 +255,7 @@ async def test_one_turn_in_the_browser_shows_words_reply_audio_and_waterfall(
         assert await data(page, "callOutcome") == "ended"
         assert "caller hangup" in (await page.locator("#call-status").text_content() or "")
         assert await page.locator("#banner").is_hidden()
+        assert console_errors == []  # no failed request, no CSP violation
 
 
 async def test_denied_microphone_is_explained(
@@ -322,3 +333,36 @@ async def test_agent_settings_are_saved_through_the_api(
         assert "not saved" in (await error.text_content() or "")
         _, agent = await dev_worker.api("GET", f"/v1/agents/{agent_id}")
         assert agent["interruption"]["min_duration_ms"] == 600
+
+
+async def test_barge_in_is_marked_where_it_happened(
+    dev_worker: DevWorker, chromium_path: str, tmp_path: Path
+) -> None:
+    # the question, then, while the reply plays, the caller talks over it
+    wav = speech_file(tmp_path, [(LEAD_SILENCE_S, QUESTION), (3.5, BARGE_IN)], 20.0)
+    flags = ["--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={wav}"]
+    async with browser(tmp_path / "profile", chromium_path, flags) as (_, page):
+        await page.goto(f"{dev_worker.url}/")
+        await page.locator("#call-button:not([disabled])").wait_for(timeout=15_000)
+        await page.locator("#call-button").click()
+        await wait_data(page, "callState", "live", 30)
+
+        cut = page.locator('#conversation .msg.agent.interrupted[data-turn="2"]')
+        await cut.wait_for(timeout=60_000)
+        badge = await cut.locator(".badge").text_content() or ""
+        assert re.fullmatch(r"interrupted after \d+\.\d s", badge), badge
+        # what was heard stays, what was never played is struck through
+        await cut.locator(".unheard").wait_for(timeout=15_000)
+        heard = (await cut.locator(".text").evaluate("(p) => p.firstChild.textContent")).strip()
+        unheard = (await cut.locator(".unheard").text_content() or "").strip()
+        assert heard and unheard and "nine" in heard + " " + unheard
+        assert int(await data(page, "clears")) >= 1  # the worklet's buffer was dropped
+
+        # the barge-in is the next user turn, after the cut reply
+        roles = await page.eval_on_selector_all(
+            "#conversation .msg", "(ms) => ms.map((m) => [m.dataset.role, m.dataset.turn || ''])"
+        )
+        cut_at = roles.index(["agent", "2"])
+        assert [role for role, _ in roles[cut_at + 1 :]][:1] == ["user"], roles
+        await page.screenshot(path=str(ROOT / "test-artifacts" / "playground-barge-in.png"),
+                              full_page=True)

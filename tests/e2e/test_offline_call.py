@@ -37,9 +37,12 @@ async def worker(tmp_path: Path) -> AsyncIterator[Worker]:
 
 
 async def api_get(worker: Worker, path: str) -> Any:
-    async with aiohttp.ClientSession() as session, session.get(
-        f"{worker.url}{path}", headers={"Authorization": f"Bearer {worker.api_key}"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{worker.url}{path}", headers={"Authorization": f"Bearer {worker.api_key}"}
+        ) as resp,
+    ):
         assert resp.status == 200, await resp.text()
         return await resp.json()
 
@@ -56,8 +59,9 @@ async def test_spoken_question_gets_a_spoken_answer_and_barge_in_stops_it(worker
     question = speech("what time does the store open tomorrow")
     barge_in = speech("wait, what about on sunday")
 
-    async with StreamCaller(f"{worker.url.replace('http', 'ws')}/v1/stream", worker.api_key,
-                            agent_id) as caller:
+    async with StreamCaller(
+        f"{worker.url.replace('http', 'ws')}/v1/stream", worker.api_key, agent_id
+    ) as caller:
         call_id = caller.call_id
         # the greeting plays first and finishes
         await caller.wait_event("agent.speech_started", 15, turn_id=1)
@@ -77,21 +81,30 @@ async def test_spoken_question_gets_a_spoken_answer_and_barge_in_stops_it(worker
         caller.say(barge_in)
         clear = await caller.wait_for(lambda r: r.kind == "clear", 10)
         paused_or_interrupted = {e["type"] for e in caller.events()} & {
-            "agent.paused", "agent.interrupted"
+            "agent.paused",
+            "agent.interrupted",
         }
         assert paused_or_interrupted
         await caller.wait_event("agent.interrupted", 10, turn_id=2)
 
         # after the clear no audio of the interrupted reply arrives
         await asyncio.sleep(1.0)
-        next_turn = [r for r in caller.log if r.kind == "event"
-                     and r.data["event"]["type"] == "agent.speech_started"
-                     and r.data["event"]["data"]["turn_id"] > 2]
+        next_turn = [
+            r
+            for r in caller.log
+            if r.kind == "event"
+            and r.data["event"]["type"] == "agent.speech_started"
+            and r.data["event"]["data"]["turn_id"] > 2
+        ]
         cutoff = next_turn[0].at if next_turn else time.monotonic()
-        late_audio = [r for r in caller.log if r.kind == "audio" and clear.at + 0.05 < r.at < cutoff]
+        late_audio = [
+            r for r in caller.log if r.kind == "audio" and clear.at + 0.05 < r.at < cutoff
+        ]
         assert late_audio == []
 
-        interrupted = [s for s in caller.transcripts() if s["role"] == "agent" and s["turn_id"] == 2]
+        interrupted = [
+            s for s in caller.transcripts() if s["role"] == "agent" and s["turn_id"] == 2
+        ]
         assert interrupted and interrupted[0]["interrupted"] is True
         heard = interrupted[0]["text"]
         assert heard and reply_text.startswith(heard) and heard != reply_text
@@ -109,8 +122,13 @@ async def test_spoken_question_gets_a_spoken_answer_and_barge_in_stops_it(worker
     assert call["status"] == "completed"
     events = (await api_get(worker, f"/v1/calls/{call_id}/events"))["events"]
     types = [e["type"] for e in events]
-    for expected in ("call.status", "user.speech_started", "agent.speech_started",
-                     "agent.interrupted", "turn.metrics"):
+    for expected in (
+        "call.status",
+        "user.speech_started",
+        "agent.speech_started",
+        "agent.interrupted",
+        "turn.metrics",
+    ):
         assert expected in types, types
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
@@ -121,5 +139,7 @@ async def test_spoken_question_gets_a_spoken_answer_and_barge_in_stops_it(worker
     roles = [(s["role"], s["turn_id"]) for s in segments]
     assert roles[:3] == [("agent", 1), ("user", 2), ("agent", 2)]
     assert segments[2]["interrupted"] is True and segments[2]["text"] == heard
-    metrics = [e["data"] for e in events if e["type"] == "turn.metrics" and e["data"]["turn_id"] == 2]
+    metrics = [
+        e["data"] for e in events if e["type"] == "turn.metrics" and e["data"]["turn_id"] == 2
+    ]
     assert metrics and metrics[0]["durations_ms"]["voice_to_voice"] is not None

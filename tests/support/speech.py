@@ -19,18 +19,42 @@ def require_tools() -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def speech(text: str, *, rate: int = 16000, encoding: str = "signed-integer",
-           bits: int = 16, voice: str = "en-us", wpm: int = 150) -> bytes:
+def speech(
+    text: str,
+    *,
+    rate: int = 16000,
+    encoding: str = "signed-integer",
+    bits: int = 16,
+    voice: str = "en-us",
+    wpm: int = 150,
+) -> bytes:
     """Raw mono audio of ``text`` (pcm16 LE by default; ``encoding='u-law', bits=8``)."""
     require_tools()
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(wav), text],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(wav), text],
+            check=True,
+            capture_output=True,
+        )
         out = subprocess.run(
-            ["sox", str(wav), "-r", str(rate), "-c", "1", "-b", str(bits), "-e", encoding,
-             "-t", "raw", "-"],
-            check=True, capture_output=True,
+            [
+                "sox",
+                str(wav),
+                "-r",
+                str(rate),
+                "-c",
+                "1",
+                "-b",
+                str(bits),
+                "-e",
+                encoding,
+                "-t",
+                "raw",
+                "-",
+            ],
+            check=True,
+            capture_output=True,
         )
         return out.stdout
 
@@ -39,8 +63,11 @@ def wav_file(text: str, path: Path, *, rate: int = 48000, pad_s: float = 0.0) ->
     """A WAV of ``text`` (for Chromium's fake microphone), padded with trailing silence."""
     require_tools()
     raw = path.with_suffix(".tmp.wav")
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text],
+        check=True,
+        capture_output=True,
+    )
     args = ["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(path)]
     if pad_s:
         args += ["pad", "0", str(pad_s)]

@@ -54,15 +54,24 @@ class StreamCaller:
             headers={"Authorization": f"Bearer {self.api_key}"},
         )
         await self._ws.send_str(
-            json.dumps({"type": "start", "agent_id": self.agent_id,
-                        "sample_rate": self.sample_rate, "encoding": self.encoding})
+            json.dumps(
+                {
+                    "type": "start",
+                    "agent_id": self.agent_id,
+                    "sample_rate": self.sample_rate,
+                    "encoding": self.encoding,
+                }
+            )
         )
         first = await self._ws.receive(timeout=30)
         message = json.loads(first.data)
         if message["type"] != "started":
             raise RuntimeError(f"call did not start: {message}")
         self.call_id = message["call_id"]
-        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop())]
+        self._tasks = [
+            asyncio.create_task(self._send_loop()),
+            asyncio.create_task(self._recv_loop()),
+        ]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -91,7 +100,9 @@ class StreamCaller:
 
     async def _send_loop(self) -> None:
         assert self._ws is not None
-        silence = b"\0" * self.frame_bytes if self.encoding == "pcm16" else b"\xff" * self.frame_bytes
+        silence = (
+            b"\0" * self.frame_bytes if self.encoding == "pcm16" else b"\xff" * self.frame_bytes
+        )
         deadline = time.monotonic()
         while not self._ws.closed:
             frame = self._pending.popleft() if self._pending else silence

@@ -37,9 +37,11 @@ def tone(seconds: float, rate: int = 16000, freq: float = 220.0) -> bytes:
     return b"".join(
         struct.pack(
             "<h",
-            int(9000 * math.sin(2 * math.pi * freq * i / rate)
+            int(
+                9000 * math.sin(2 * math.pi * freq * i / rate)
                 + 5000 * math.sin(2 * math.pi * freq * 3 * i / rate)
-                + 3000 * math.sin(2 * math.pi * freq * 7 * i / rate)),
+                + 3000 * math.sin(2 * math.pi * freq * 7 * i / rate)
+            ),
         )
         for i in range(n)
     )
@@ -249,7 +251,7 @@ async def test_barge_in_clears_and_commits_what_was_heard() -> None:
 
 async def test_a_cough_pauses_then_the_agent_resumes() -> None:
     reply = "this is a fairly long answer that keeps going for a while"
-    conv, output, observer, _ = make(
+    conv, _output, observer, _ = make(
         reply,
         ["go on", ""],  # the cough is transcribed as nothing
         interruption=InterruptionSettings(min_duration_ms=200, false_interruption_timeout_ms=400),

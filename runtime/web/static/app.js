@@ -487,7 +487,11 @@ async function runCall(session) {
     onStarted: (msg) => {
       session.callId = msg.call_id;
       session.engine.capture(true);
-      setCallState("live", `Live with ${session.agentName} · ${msg.call_id}`);
+      setCallState("live", `Live with ${session.agentName}`);
+      const id = document.createElement("small");
+      id.className = "call-id";
+      id.textContent = msg.call_id;
+      ui.callStatus.append(document.createElement("br"), id);
       note(`Call started · ${msg.sample_rate / 1000} kHz ${msg.encoding}`);
     },
     onAudio: (pcm) => onAgentAudio(session, pcm),
@@ -537,6 +541,7 @@ function onMessage(session, msg) {
     case "clear":
       session.engine.clear();
       session.afterClear = true;
+      document.body.dataset.clears = String(Number(document.body.dataset.clears || 0) + 1);
       if (view.playingTurn !== null) agentBubble(view.playingTurn).el.classList.add("cut");
       break;
     case "mark":

@@ -155,6 +155,7 @@ export class AudioEngine {
   }
 
   onWorklet(msg) {
+    if (!this.ctx) return; // stopped: late messages from the audio thread are dropped
     const h = this.handlers;
     switch (msg.type) {
       case "mic":
@@ -184,6 +185,7 @@ export class AudioEngine {
     this.capture(false);
     this.stopMic();
     const ctx = this.ctx;
+    if (this.node) this.node.port.onmessage = null;
     this.ctx = this.node = this.analyser = null;
     if (ctx && ctx.state !== "closed") await ctx.close();
   }
