@@ -10,7 +10,7 @@
 
     python -m benchmarks.offline_engines [--reps 3] [--concurrent 4] [--no-second-pass]
 
-Speech comes from the espeak-ng CLI and sox (scripts/setup/speech-tools.sh).
+Speech comes from the espeak-ng CLI and sox (scripts/setup/apt.sh).
 """
 
 from __future__ import annotations

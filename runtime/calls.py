@@ -234,10 +234,16 @@ class CallManager:
         except CallRejected as exc:
             await call.fail(exc.code)
             raise
-        except (ConfigError, ProviderError, ValueError) as exc:
+        except ProviderError as exc:
+            # the seed's codes: 402 insufficient credits, otherwise an upstream failure
+            code = "insufficient_credits" if exc.status == 402 else "provider_error"
+            log.warning("call %s could not start: %s", call_id, exc)
+            await call.fail(f"{code}: {exc}")
+            raise CallRejected(f"call could not start: {exc}", code, exc.status) from exc
+        except (ConfigError, ValueError) as exc:
             log.warning("call %s could not start: %s", call_id, exc)
             await call.fail(f"setup_failed: {exc}")
-            raise CallRejected(f"call could not start: {exc}", "setup_failed", 502) from exc
+            raise CallRejected(f"call could not start: {exc}", "setup_failed", 400) from exc
         call.report_status("in_progress")
         watcher = asyncio.create_task(call._watch())
         self._watchers.add(watcher)

@@ -483,8 +483,11 @@ class OutboxDeliverer:
             await self._maybe_checkpoint()
             if delay <= 0:
                 continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that races
+            # with the wake-up (kick() then stop()), and stop() would wait forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _maybe_checkpoint(self) -> None:
         now = time.monotonic()

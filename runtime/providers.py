@@ -68,8 +68,16 @@ def build_providers(
         return stt_chain[0], llm_chain[0], tts_chain[0]
     from providers import failover  # only calls with fallbacks pay for it
 
+    # an engine silent for longer than this is replaced by the next one
+    limit = {"silence_timeout_s": agent.max_provider_silence_ms / 1000}
     return (
-        stt_chain[0] if len(stt_chain) == 1 else failover.FailoverStt(stt_chain, on_failover),
-        llm_chain[0] if len(llm_chain) == 1 else failover.FailoverLlm(llm_chain, on_failover),
-        tts_chain[0] if len(tts_chain) == 1 else failover.FailoverTts(tts_chain, on_failover),
+        stt_chain[0]
+        if len(stt_chain) == 1
+        else failover.FailoverStt(stt_chain, on_failover, **limit),
+        llm_chain[0]
+        if len(llm_chain) == 1
+        else failover.FailoverLlm(llm_chain, on_failover, **limit),
+        tts_chain[0]
+        if len(tts_chain) == 1
+        else failover.FailoverTts(tts_chain, on_failover, **limit),
     )

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, field_validator, model_validator
@@ -41,9 +41,12 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _secret(*names: str) -> SecretStr | None:
-    """Field for a vendor key read from ``RYMI_<NAME>`` or the vendor's usual variable."""
+def _env(*names: str) -> Any:
+    """A field read from ``RYMI_<NAME>`` or the vendor's usual variable (first set wins)."""
     return Field(default=None, validation_alias=AliasChoices(*names))
+
+
+_secret = _env  # the name some field definitions use
 
 
 class WorkerSettings(BaseSettings):
@@ -69,6 +72,15 @@ class WorkerSettings(BaseSettings):
         description="SQLite files (outbox, embedded API) and the dev key",
     )
     max_calls: int = Field(default=100, ge=1, le=10_000, description="concurrent call limit")
+    offline_stt_decoders: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description=(
+            "pocketsphinx decoders loaded at start (callers expected to talk at once); "
+            "0 loads them on first use"
+        ),
+    )
     drain_timeout_s: float = Field(
         default=30.0, ge=0, le=24 * 3600, description="on SIGTERM, how long active calls get"
     )
@@ -91,9 +103,9 @@ class WorkerSettings(BaseSettings):
     # Carrier media streams (runtime/transports/carriers.py, docs/carriers.md): the secrets
     # that check carrier signatures. Unset means that carrier's requests are refused (503)
     # unless insecure_dev is on.
-    twilio_auth_token: SecretStr | None = _secret("RYMI_TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN")
-    plivo_auth_token: SecretStr | None = _secret("RYMI_PLIVO_AUTH_TOKEN", "PLIVO_AUTH_TOKEN")
-    vonage_signature_secret: SecretStr | None = _secret(
+    twilio_auth_token: SecretStr | None = _env("RYMI_TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN")
+    plivo_auth_token: SecretStr | None = _env("RYMI_PLIVO_AUTH_TOKEN", "PLIVO_AUTH_TOKEN")
+    vonage_signature_secret: SecretStr | None = _env(
         "RYMI_VONAGE_SIGNATURE_SECRET", "VONAGE_SIGNATURE_SECRET"
     )
     vonage_api_key: str | None = Field(
@@ -108,25 +120,22 @@ class WorkerSettings(BaseSettings):
     )
 
     # Engine credentials, handed to providers/registry.py by provider_credentials().
-    deepgram_api_key: SecretStr | None = _secret("RYMI_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY")
-    openai_api_key: SecretStr | None = _secret("RYMI_OPENAI_API_KEY", "OPENAI_API_KEY")
-    elevenlabs_api_key: SecretStr | None = _secret("RYMI_ELEVENLABS_API_KEY", "ELEVENLABS_API_KEY")
-    deepgram_base_url: AnyHttpUrl | None = None
-    openai_base_url: AnyHttpUrl | None = None
-    elevenlabs_base_url: AnyHttpUrl | None = None
+    # Each also reads the vendor's usual variable (DEEPGRAM_API_KEY...).
+    deepgram_api_key: SecretStr | None = _env("RYMI_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY")
+    openai_api_key: SecretStr | None = _env("RYMI_OPENAI_API_KEY", "OPENAI_API_KEY")
+    elevenlabs_api_key: SecretStr | None = _env("RYMI_ELEVENLABS_API_KEY", "ELEVENLABS_API_KEY")
+    deepgram_base_url: AnyHttpUrl | None = _env("RYMI_DEEPGRAM_BASE_URL", "DEEPGRAM_BASE_URL")
+    openai_base_url: AnyHttpUrl | None = _env("RYMI_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    elevenlabs_base_url: AnyHttpUrl | None = _env(
+        "RYMI_ELEVENLABS_BASE_URL", "ELEVENLABS_BASE_URL"
+    )
 
-    # LiveKit agent worker (`rymi-worker livekit`).
-    livekit_url: str | None = None
-    livekit_api_key: SecretStr | None = _secret("RYMI_LIVEKIT_API_KEY", "LIVEKIT_API_KEY")
-    livekit_api_secret: SecretStr | None = _secret("RYMI_LIVEKIT_API_SECRET", "LIVEKIT_API_SECRET")
-    livekit_agent_name: str = Field(
-        default="rymi-agent",
-        pattern=r"^[A-Za-z0-9._-]{1,64}$",
-        description="the agent name this worker registers; tokens dispatch it by name",
-    )
-    livekit_default_agent_id: str | None = Field(
-        default=None, description="agent for rooms whose metadata names none"
-    )
+    # LiveKit (`rymi-worker livekit`, realtime tokens).
+    livekit_url: str | None = _env("RYMI_LIVEKIT_URL", "LIVEKIT_URL")
+    livekit_api_key: SecretStr | None = _env("RYMI_LIVEKIT_API_KEY", "LIVEKIT_API_KEY")
+    livekit_api_secret: SecretStr | None = _env("RYMI_LIVEKIT_API_SECRET", "LIVEKIT_API_SECRET")
+    livekit_agent_name: str | None = Field(default=None, max_length=128)
+    livekit_default_agent_id: str | None = Field(default=None, max_length=64)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -94,17 +94,19 @@ class _Host:
         self._partial_samples = max(1, SAMPLE_RATE * partial_ms // 1000)
         self._streams: dict[int, _Stream] = {}
 
-    def _acquire(self) -> Any:
-        if self._idle:
-            return self._idle.pop()
+    def _new_decoder(self) -> Any:
+        decoder = self._pocketsphinx.Decoder(self._config)
         self.decoders_created += 1
-        return self._pocketsphinx.Decoder(self._config)
+        return decoder
+
+    def _acquire(self) -> Any:
+        return self._idle.pop() if self._idle else self._new_decoder()
 
     def handle(self, op: int, stream_id: int, payload: bytes) -> bytes | None:
         if op == OP_GROW:
             (wanted,) = COUNT.unpack(payload)
             while self.decoders_created < wanted:
-                self._idle.append(self._acquire())
+                self._idle.append(self._new_decoder())
             return pack(OP_GROWN, 0, COUNT.pack(self.decoders_created))
         if op == OP_OPEN:
             self._streams[stream_id] = _Stream(self._partial_samples)

@@ -220,7 +220,7 @@ class _Engine:
             if not self.set_voice(job.voice, job.params):
                 raise ProviderError(f"{NAME}: no voice {job.voice!r}", provider=NAME,
                                     status=400, retryable=False)
-            text = job.text.encode() + b"\0"
+            text = job.text.replace("\0", " ").encode() + b"\0"
             self._current = job
             try:
                 result = self._lib.espeak_Synth(text, len(text), 0, _POS_CHARACTER, 0,

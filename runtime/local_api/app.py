@@ -131,7 +131,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if (
             not request.path.startswith("/v1/")
             or exc.status < 400
-            or exc.content_type == "application/json"
+            or exc.content_type != "text/plain"  # a body someone chose (JSON, TwiML...)
         ):
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -343,13 +344,17 @@ class RoomAudioOutput:
                 {"decision": kind, "turn_id": data.get("turn_id"), "frames_sent": self.frames_sent},
             )
 
-    async def aclose(self) -> None:
+    def stop(self) -> None:
+        """No more audio (the call is over). The source itself is released with the room,
+        after its track is unpublished (:meth:`release`)."""
         self._closed = True
         for handle in self._marks:
             handle.cancel()
         self._marks.clear()
         with contextlib.suppress(Exception):
             self.source.clear_queue()
+
+    async def release(self) -> None:
         await self.source.aclose()
 
 
@@ -480,6 +485,10 @@ class RoomCall:
             self.call = call = await self.manager.open_call(spec, self.output, self.publisher)
         except CallRejected as exc:
             log.warning("LiveKit job not taken: %s (%s)", exc.reason, exc.code)
+            self.publisher.send_json(
+                {"type": "event", "event": {"type": "call.rejected", "at": time.time(),
+                                            "data": {"code": exc.code, "reason": exc.reason}}}
+            )
             await self._cleanup()
             return f"rejected:{exc.code}"
         self.output.call = call
@@ -527,8 +536,7 @@ class RoomCall:
             with contextlib.suppress(Exception):
                 await stream.aclose()
         self._streams.clear()
-        with contextlib.suppress(Exception):
-            await self.output.aclose()
+        self.output.stop()
 
 
 # --------------------------------------------------------------------------- the worker
@@ -627,6 +635,7 @@ class LiveKitWorker:
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         )
         output = RoomAudioOutput(source)
+        ctx.add_shutdown_callback(output.release)  # runs after the room is left
         publisher = RoomPublisher(
             room, room_loop, f"{room.name}-{ctx.job.id}", caller.identity, publication.sid,
             output,

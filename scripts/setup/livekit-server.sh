@@ -9,6 +9,16 @@ BIN_DIR="$CACHE/bin"
 TARGET="$BIN_DIR/livekit-server"
 STAMP="$TARGET.version"
 
+# the LiveKit tests run server, workers and participants in a loopback-only network
+# namespace: they need ip (iproute2), unshare and nsenter (util-linux)
+if ! command -v ip >/dev/null 2>&1 || ! command -v nsenter >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux
+  else
+    echo "livekit tests need ip (iproute2), unshare and nsenter (util-linux)" >&2
+  fi
+fi
+
 if [ -x "$TARGET" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
   echo "livekit-server $VERSION already at $TARGET"
   exit 0
@@ -19,7 +29,7 @@ if ! command -v go >/dev/null 2>&1; then
     [ -x "$candidate" ] && PATH="$(dirname "$candidate"):$PATH" && break
   done
 fi
-command -v go >/dev/null 2>&1 || { echo "livekit-server: Go toolchain not found" >&2; exit 1; }
+command -v go >/dev/null 2>&1 || { echo "livekit-server: Go (>= 1.26) not found" >&2; exit 1; }
 
 GO_DIR="$CACHE/go"
 mkdir -p "$BIN_DIR" "$GO_DIR"
@@ -28,7 +38,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 echo "building livekit-server $VERSION (go install; takes a few minutes the first time)"
 env GOPATH="$GO_DIR/path" GOMODCACHE="$GO_DIR/mod" GOCACHE="$GO_DIR/build-cache" \
-  GOBIN="$WORK" GOFLAGS="-modcacherw" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
+  GOBIN="$WORK" GOFLAGS="-modcacherw" GOTOOLCHAIN="${GOTOOLCHAIN:-local}" \
   go install "github.com/livekit/livekit-server/cmd/server@$VERSION"
 
 install -m 0755 "$WORK/server" "$TARGET.tmp"

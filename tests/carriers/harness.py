@@ -88,6 +88,14 @@ async def api_get(worker: Worker, path: str) -> Any:
         return await resp.json()
 
 
+async def api_post(worker: Worker, path: str, body: Any) -> Any:
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{worker.url}{path}", json=body, headers={"Authorization": f"Bearer {worker.api_key}"}
+    ) as resp:
+        assert resp.status in (200, 201), await resp.text()
+        return await resp.json()
+
+
 async def default_agent_id(worker: Worker) -> str:
     agents = (await api_get(worker, "/v1/agents"))["agents"]
     return str(agents[0]["id"])

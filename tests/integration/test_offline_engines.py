@@ -1,7 +1,7 @@
 """The real offline engines: pocketsphinx on espeak-ng speech, espeak-ng from the wheel.
 
 Speech for recognition comes from the espeak-ng CLI and sox (tests/support/speech.py,
-installed by scripts/setup/speech-tools.sh). pocketsphinx's accuracy on synthetic speech
+installed by scripts/setup/apt.sh). pocketsphinx's accuracy on synthetic speech
 is moderate, so assertions look for robust keywords, not whole sentences.
 """
 
@@ -154,6 +154,8 @@ async def test_concurrent_streams_do_not_mix_their_words() -> None:
         "i would like to book a table for two": {"book", "like", "two", "table"},
         "what time does the store open tomorrow": {"open", "tomorrow", "time", "store"},
     }
+    load_s = await provider.prewarm(decoders=len(sentences))  # no model load mid-call
+    assert load_s > 0
     streams = [await provider.open(PCM16_16K, language="en-us") for _ in sentences]
 
     async def one(stream: SttStream, text: str) -> str:

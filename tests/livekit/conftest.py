@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.livekit.harness import Api, SpawnWorker, WorkerProcess, serve_api
 from tests.livekit.lkserver import LiveKitServer
 from tests.livekit.netns import NetNs
 
@@ -47,3 +49,29 @@ def livekit_server(in_netns: NetNs | None, tmp_path: Path) -> Iterator[LiveKitSe
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def lk_api(livekit_server: LiveKitServer, tmp_path: Path) -> AsyncIterator[Api]:
+    """The local /v1 API (with realtime tokens) the workers report to."""
+    async with serve_api(tmp_path / "api", livekit_server) as api:
+        yield api
+
+
+@pytest.fixture
+async def spawn_worker(
+    lk_api: Api, livekit_server: LiveKitServer, in_netns: NetNs | None, tmp_path: Path
+) -> AsyncIterator[SpawnWorker]:
+    """Start ``rymi-worker livekit`` processes; whatever is still running is killed after."""
+    started: list[WorkerProcess] = []
+
+    async def spawn(name: str, **settings: Any) -> WorkerProcess:
+        worker = await WorkerProcess.start(
+            name, tmp_path / "workers", lk_api, livekit_server, in_netns, **settings
+        )
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        await worker.kill()

@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from livekit import api
+from livekit.api.access_token import Claims
+from pydantic import SecretStr
 
 from runtime.local_api.app import add_local_api_routes
 from runtime.local_api.realtime import mount_realtime_routes
@@ -65,15 +67,15 @@ async def api_server(tmp_path: Path) -> AsyncIterator[Api]:
     settings = WorkerSettings(
         data_dir=tmp_path,
         livekit_url="ws://127.0.0.1:7880",
-        livekit_api_key=LK_KEY,
-        livekit_api_secret=LK_SECRET,
+        livekit_api_key=SecretStr(LK_KEY),
+        livekit_api_secret=SecretStr(LK_SECRET),
         livekit_agent_name="rymi-test-agent",
     )
     async for served in _serve(tmp_path, settings):
         yield served
 
 
-def claims(token: str) -> api.Claims:
+def claims(token: str) -> Claims:
     return api.TokenVerifier(LK_KEY, LK_SECRET).verify(token)
 
 
@@ -129,7 +131,8 @@ async def test_publishable_key_may_only_create_calls(api_server: Api) -> None:
     status, body = await api_server.call("POST", "/v1/realtime/token", key,
                                          {"agent_id": api_server.agent_id})
     assert status == 201, body
-    assert claims(body["token"]).video.room == body["room"]  # type: ignore[union-attr]
+    grant = claims(body["token"]).video
+    assert grant is not None and grant.room == body["room"]
     _, call = await api_server.call("GET", f"/v1/calls/{body['call_id']}", api_server.secret_key)
     assert call["metadata"]["publishable_key_id"] == created["id"]
 

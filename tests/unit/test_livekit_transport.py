@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
@@ -65,7 +66,7 @@ def test_config_from_settings_and_environment(monkeypatch: pytest.MonkeyPatch) -
     assert "secret" not in repr(config)
 
 
-def _texts(updates: list[object]) -> list[TextOut]:
+def _texts(updates: Sequence[object]) -> list[TextOut]:
     return [u for u in updates if isinstance(u, TextOut)]
 
 

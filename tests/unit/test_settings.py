@@ -12,8 +12,9 @@ from pydantic import ValidationError
 from runtime.settings import WorkerSettings, is_loopback_host
 
 _VENDOR_VARS = (
-    "DEEPGRAM_API_KEY", "OPENAI_API_KEY", "ELEVENLABS_API_KEY", "LIVEKIT_API_KEY",
-    "LIVEKIT_API_SECRET",
+    "DEEPGRAM_API_KEY", "OPENAI_API_KEY", "ELEVENLABS_API_KEY", "DEEPGRAM_BASE_URL",
+    "OPENAI_BASE_URL", "ELEVENLABS_BASE_URL", "LIVEKIT_URL", "LIVEKIT_API_KEY",
+    "LIVEKIT_API_SECRET", "TWILIO_AUTH_TOKEN", "PLIVO_AUTH_TOKEN", "VONAGE_SIGNATURE_SECRET",
 )
 
 
@@ -135,3 +136,14 @@ def test_provider_credentials_use_the_registry_names(monkeypatch: pytest.MonkeyP
 )
 def test_is_loopback_host(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
+
+
+def test_vendor_variable_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tw-secret-xyz")
+    monkeypatch.setenv("LIVEKIT_URL", "ws://127.0.0.1:7880/")
+    monkeypatch.setenv("RYMI_LIVEKIT_API_KEY", "lk")
+    s = WorkerSettings()
+    assert s.twilio_auth_token is not None and s.twilio_auth_token.get_secret_value() == "tw-secret-xyz"
+    assert s.livekit_url == "ws://127.0.0.1:7880"
+    assert s.livekit_api_key is not None and s.livekit_api_key.get_secret_value() == "lk"
+    assert "tw-secret-xyz" not in repr(s)
