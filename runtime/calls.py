@@ -232,7 +232,7 @@ class CallManager:
             )
             await call.conversation.start()
         except CallRejected as exc:
-            await call.fail(exc.code)
+            await call.fail(f"{exc.code}: {exc.reason}")
             raise
         except ProviderError as exc:
             # the seed's codes: 402 insufficient credits, otherwise an upstream failure

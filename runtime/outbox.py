@@ -122,16 +122,21 @@ def _marks(ids: Sequence[int]) -> str:
 
 
 class Outbox:
-    """``Outbox(path)``: the SQLite file of pending reports. Use from one thread (the
-    event loop's); :meth:`checkpoint` is the only method safe from another thread."""
+    """``Outbox(path)``: the SQLite file of pending reports. Thread-safe (one lock); the
+    worker uses it from its event loop and checkpoints from a helper thread."""
 
     def __init__(self, path: Path | str, *, fsync: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock(self.path)
         try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None)
-            conn = self._conn
+            # check_same_thread=False + self._db: safe from any thread, although the worker
+            # only writes from its event loop.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            self._unlock()
+            raise
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             # Checkpoints run on a helper thread (checkpoint()); this backstop only
@@ -148,10 +153,13 @@ class Outbox:
             )
             conn.execute("COMMIT")
         except BaseException:
+            conn.close()
             self._unlock()
             raise
+        self._conn = conn
         self._seqs: dict[tuple[str, str], int] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._db = threading.RLock()
         self._ckpt_lock = threading.Lock()
         self._ckpt_conn: sqlite3.Connection | None = None
         self._closed = False
@@ -188,9 +196,10 @@ class Outbox:
             if self._ckpt_conn is not None:
                 self._ckpt_conn.close()
                 self._ckpt_conn = None
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._conn.close()
+        with self._db:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
         self._unlock()
 
     # ------------------------------------------------------------------ writing
@@ -228,6 +237,16 @@ class Outbox:
         return last + 1
 
     def _enqueue(self, call_id: str, kind: Kind, fields: Mapping[str, Any]) -> int:
+        with self._db:
+            seq = self._store(call_id, kind, fields)
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:
+                log.exception("outbox listener failed")
+        return seq
+
+    def _store(self, call_id: str, kind: Kind, fields: Mapping[str, Any]) -> int:
         if self._closed:
             raise OutboxError("the outbox is closed")
         seq = self._next_seq(call_id, kind)
@@ -251,18 +270,14 @@ class Outbox:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise OutboxError(f"could not store a call {kind}: {exc}") from exc
         if len(self._seqs) >= _SEQ_CACHE_MAX:
             self._seqs.pop(next(iter(self._seqs)))  # oldest; reloaded from disk if needed
         self._seqs[(call_id, kind)] = seq
-        for callback in list(self._listeners):
-            try:
-                callback()
-            except Exception:
-                log.exception("outbox listener failed")
         return seq
 
     # ------------------------------------------------------------------ reading
@@ -270,45 +285,41 @@ class Outbox:
     def pending_count(self, call_id: str | None = None) -> int:
         """Items not yet delivered (dead-lettered ones excluded)."""
         if call_id is None:
-            row = self._conn.execute("SELECT COUNT(*) FROM items WHERE state = 'pending'")
-        else:
-            row = self._conn.execute(
-                "SELECT COUNT(*) FROM items WHERE state = 'pending' AND call_id = ?", (call_id,)
-            )
-        return int(row.fetchone()[0])
+            return self._count("SELECT COUNT(*) FROM items WHERE state = 'pending'")
+        return self._count(
+            "SELECT COUNT(*) FROM items WHERE state = 'pending' AND call_id = ?", call_id
+        )
 
     def dead_count(self) -> int:
         """Items the API refused for good (kept with ``last_error``; see requeue_dead)."""
-        return int(self._conn.execute("SELECT COUNT(*) FROM items WHERE state = 'dead'")
-                   .fetchone()[0])
+        return self._count("SELECT COUNT(*) FROM items WHERE state = 'dead'")
 
     def last_id(self) -> int:
-        row = self._conn.execute("SELECT MAX(id) FROM items").fetchone()
-        return int(row[0] or 0)
+        return self._count("SELECT COALESCE(MAX(id), 0) FROM items")
 
     def pending_through(self, last_id: int) -> int:
         """Pending items enqueued no later than item ``last_id``."""
-        return int(self._conn.execute(
-            "SELECT COUNT(*) FROM items WHERE state = 'pending' AND id <= ?", (last_id,)
-        ).fetchone()[0])
+        return self._count(
+            "SELECT COUNT(*) FROM items WHERE state = 'pending' AND id <= ?", last_id
+        )
 
     def pending_groups(self) -> list[tuple[str, Kind]]:
         """``(call_id, kind)`` streams with pending items, oldest first."""
-        rows = self._conn.execute(
+        rows = self._query(
             "SELECT call_id, kind FROM items WHERE state = 'pending' "
             "GROUP BY call_id, kind ORDER BY MIN(id)"
-        ).fetchall()
+        )
         return [(str(r[0]), r[1]) for r in rows]
 
     def next_batch(
         self, call_id: str, kind: Kind, *, limit: int, max_bytes: int = 512 * 1024
     ) -> list[OutboxItem]:
         """The oldest pending items of one stream, in ``seq`` order (at least one)."""
-        rows = self._conn.execute(
+        rows = self._query(
             "SELECT id, seq, payload FROM items WHERE state = 'pending' AND call_id = ? "
             "AND kind = ? ORDER BY seq, id LIMIT ?",
-            (call_id, kind, limit),
-        ).fetchall()
+            call_id, kind, limit,
+        )
         items: list[OutboxItem] = []
         total = 0
         for item_id, seq, text in rows:
@@ -345,12 +356,21 @@ class Outbox:
 
     def requeue_dead(self) -> int:
         """Make dead-lettered items pending again (after fixing the API); returns how many."""
-        cur = self._conn.execute("UPDATE items SET state = 'pending' WHERE state = 'dead'")
-        return int(cur.rowcount)
+        with self._db:
+            cur = self._conn.execute("UPDATE items SET state = 'pending' WHERE state = 'dead'")
+            return int(cur.rowcount)
+
+    def _query(self, sql: str, *args: Any) -> list[Any]:
+        with self._db:
+            return self._conn.execute(sql, args).fetchall()
+
+    def _count(self, sql: str, *args: Any) -> int:
+        return int(self._query(sql, *args)[0][0])
 
     def _write(self, sql: str, args: Sequence[Any]) -> None:
         try:
-            self._conn.execute(sql, list(args))
+            with self._db:
+                self._conn.execute(sql, list(args))
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox write failed: {exc}") from exc
 
@@ -379,8 +399,9 @@ class OutboxDeliverer:
     Per stream (call id × events/transcript) items go in ``seq`` order, one batch in
     flight. Failures: no connection or 429 → every stream waits (429 exactly its
     ``Retry-After``); 5xx → that stream backs off; 401/403 → delivery stops with an error
-    log, items stay pending; 413 → smaller batches; other 4xx → the refused item is
-    dead-lettered (kept, logged) so one bad item cannot block a call's reports forever.
+    log, items stay pending; 413 → smaller batches; 404 (unknown call) → the batch is
+    dead-lettered; other 4xx → the refused item is dead-lettered (kept, logged) so one bad
+    item cannot block a call's reports forever.
     """
 
     def __init__(
@@ -410,6 +431,7 @@ class OutboxDeliverer:
         self.failed_attempts = 0  #: requests that failed (any reason)
         self.failure: ApiError | None = None  #: set when the API rejected the key
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._global_failures = 0
@@ -427,11 +449,21 @@ class OutboxDeliverer:
         """Start delivering; pending items from a previous run go first."""
         if self.running:
             return
+        self._loop = asyncio.get_running_loop()
         self.outbox.add_listener(self.kick)
         self._task = asyncio.create_task(self._run(), name="rymi-outbox-deliverer")
 
     def kick(self) -> None:
-        self._wake.set()
+        """Wake the delivery loop (safe from any thread)."""
+        loop = self._loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if loop is None or here is loop:
+            self._wake.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self) -> None:
         """Stop (an in-flight batch is abandoned: it is re-sent next start, de-duplicated
@@ -444,7 +476,7 @@ class OutboxDeliverer:
                 await task
         self._notify_progress()
 
-    async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109 - the contract's name
+    async def flush(self, timeout: float) -> bool:
         """Wait until everything enqueued so far is delivered (or dead-lettered).
 
         Returns False on timeout, or at once if delivery is stopped (e.g. the key was
@@ -460,7 +492,8 @@ class OutboxDeliverer:
                 return False
             progress = self._progress
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.wait(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: see _run
+                    await progress.wait()
         return True
 
     # ------------------------------------------------------------------ loop
@@ -474,9 +507,10 @@ class OutboxDeliverer:
             self._wake.clear()
             try:
                 delay = await self._round()
-            except OutboxError:
+            except Exception:  # never let the loop die silently; items stay pending
                 log.exception("outbox delivery round failed")
-                delay = self.idle_poll_s
+                self._global_failures += 1
+                delay = self._backoff(self._global_failures)
             self._notify_progress()
             if self.failure is not None:
                 return
@@ -617,6 +651,14 @@ class OutboxDeliverer:
                         len(batch), kind, call_id, exc, delay)
             return "retry"
         # The API refused the request itself: find the refused item and set it aside.
+        if exc.status == 404:
+            # the call itself is unknown there (e.g. the API's data was reset): every item
+            # of the batch would be refused alike
+            self.outbox.mark_dead(ids, str(exc))
+            self.dead += len(ids)
+            log.error("outbox: the API does not know call %s (%s); %d %s item(s) kept as dead "
+                      "in %s", call_id, exc, len(ids), kind, self.outbox.path)
+            return None
         if len(batch) > 1:
             self._group_limit[group] = max(1, len(batch) // 2) if exc.status == 413 else 1
             return None

@@ -400,8 +400,9 @@ class MarkTracker:
 class FloodGuard:
     """Token bucket over messages and bytes per connection, on a caller-supplied clock.
 
-    ``admit`` says whether to process a message; ``flooding`` turns true once the
-    connection kept exceeding the budget for ``tolerance`` dropped messages in a row.
+    ``admit`` says whether to process a message; ``flooding`` turns true once
+    ``tolerance`` messages were dropped within one ``window`` (a sender that keeps
+    exceeding the budget, not one that had a burst).
     """
 
     def __init__(
@@ -412,34 +413,41 @@ class FloodGuard:
         byte_rate: float = 512 * 1024,
         byte_burst: float = 1024 * 1024,
         tolerance: int = 500,
+        window: float = 1.0,
     ) -> None:
         self.rate, self.burst = rate, burst
         self.byte_rate, self.byte_burst = byte_rate, byte_burst
         self.tolerance = tolerance
+        self.window = window
         self._tokens = burst
         self._bytes = byte_burst
         self._last: float | None = None
+        self._window_start = 0.0
+        self._window_drops = 0
         self.dropped = 0
-        self._dropped_run = 0
 
     def admit(self, size: int, now: float) -> bool:
-        if self._last is not None:
+        if self._last is None:
+            self._window_start = now
+        else:
             elapsed = max(0.0, now - self._last)
             self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
             self._bytes = min(self.byte_burst, self._bytes + elapsed * self.byte_rate)
         self._last = now
+        if now - self._window_start >= self.window:
+            self._window_start = now
+            self._window_drops = 0
         if self._tokens >= 1.0 and self._bytes >= size:
             self._tokens -= 1.0
             self._bytes -= size
-            self._dropped_run = 0
             return True
         self.dropped += 1
-        self._dropped_run += 1
+        self._window_drops += 1
         return False
 
     @property
     def flooding(self) -> bool:
-        return self._dropped_run >= self.tolerance
+        return self._window_drops >= self.tolerance
 
 
 def parse_l16_rate(content_type: str) -> int | None:

@@ -93,7 +93,9 @@ class PlivoCodec(Codec):
         if fmt is None:
             reject("unsupported_format",
                    f"start: unsupported media format {str(encoding)[:40]}@{rate}", fatal=True)
-        extra = opt_text(message, "extra_headers", "start", max_chars=1024)
+        extra = message.get("extra_headers")
+        if extra is not None and (not isinstance(extra, str) or len(extra) > 1024):
+            reject("bad_field", "start: 'extra_headers' must be a short string")
         return self._start(Started(
             stream_id=stream_id,
             carrier_call_id=call_id,

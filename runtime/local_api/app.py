@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, Literal, NoReturn
 
 from aiohttp import web
@@ -527,8 +527,11 @@ def add_local_api_routes(
         app.on_cleanup.append(close_store)
 
 
-def create_local_api(store: LocalStore) -> web.Application:
-    """A stand-alone app serving only the local ``/v1`` API."""
+def create_local_api(store: LocalStore, *, keys: Iterable[str] = ()) -> web.Application:
+    """A stand-alone app serving only the local ``/v1`` API; ``keys`` are secret keys to
+    accept besides those the store already holds (see ``LocalStore.ensure_dev_key``)."""
+    for key in keys:
+        store.add_key(key, "configured")
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     add_local_api_routes(app, store)
     return app

@@ -291,13 +291,13 @@ class RealtimeRoutes:
                 "RYMI_LIVEKIT_API_KEY, RYMI_LIVEKIT_API_SECRET)",
                 "livekit_not_configured",
             )
+        identity = spec.identity or f"user-{secrets.token_hex(6)}"
         if spec.call_id is not None:
             call = await self._open_call(spec)
         else:
-            call = await self._new_call(spec, caller)
-        identity = spec.identity or f"user-{secrets.token_hex(6)}"
+            call = await self._new_call(spec, caller, identity)
         ttl_s = spec.ttl_s or DEFAULT_TTL_S
-        room = str(call["metadata"].get("livekit_room") or room_for_call(call["id"]))
+        room = room_for_call(call["id"])
         token = mint_token(
             self.access,
             room=room,
@@ -319,7 +319,9 @@ class RealtimeRoutes:
             status=201,
         )
 
-    async def _new_call(self, spec: TokenRequest, caller: _Caller) -> dict[str, Any]:
+    async def _new_call(
+        self, spec: TokenRequest, caller: _Caller, identity: str
+    ) -> dict[str, Any]:
         if spec.agent_id is None:
             raise ApiProblem(400, "invalid token request: agent_id: field required",
                              "validation_error")
@@ -334,12 +336,11 @@ class RealtimeRoutes:
                 agent_id=spec.agent_id,
                 direction="inbound",
                 transport="livekit",
-                from_=spec.identity,
+                from_=identity,
                 metadata=metadata,
             )
         except NotFound:
             raise ApiProblem(404, f"agent {spec.agent_id} not found", "agent_not_found") from None
-        call["metadata"] = {**call["metadata"], "livekit_room": room_for_call(call["id"])}
         return call
 
     async def _open_call(self, spec: TokenRequest) -> dict[str, Any]:

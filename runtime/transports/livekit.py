@@ -466,9 +466,14 @@ class RoomCall:
         self._streams: list[tuple[rtc.AudioStream, asyncio.Task[None]]] = []
         self._done: asyncio.Future[str] | None = None
 
+    def _done_future(self) -> asyncio.Future[str]:
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        return self._done
+
     async def run(self) -> str:
         """Open the call, wait for it to end, return the reason."""
-        self._done = asyncio.get_running_loop().create_future()
+        done = self._done_future()
         extra = self.spec_extra
         spec = CallSpec(
             agent_id=self.target.agent_id,
@@ -492,12 +497,10 @@ class RoomCall:
             await self._cleanup()
             return f"rejected:{exc.code}"
         self.output.call = call
-        if self._done.done():  # the caller left while the call was being set up
-            await call.hangup(self._done.result())
         try:
-            await asyncio.wait([call.ended, self._done], return_when=asyncio.FIRST_COMPLETED)
-            if not call.ended.done():
-                await call.hangup(self._done.result())
+            await asyncio.wait([call.ended, done], return_when=asyncio.FIRST_COMPLETED)
+            if not call.ended.done():  # the caller left (perhaps during the set-up)
+                await call.hangup(done.result())
             return call.ended.result()
         except asyncio.CancelledError:
             await asyncio.shield(call.hangup("job_terminated"))
@@ -525,16 +528,19 @@ class RoomCall:
 
     def finish(self, reason: str) -> None:
         """The caller left or the room went away (main loop)."""
-        if self._done is not None and not self._done.done():
-            self._done.set_result(reason)
+        done = self._done_future()
+        if not done.done():
+            done.set_result(reason)
 
     async def _cleanup(self) -> None:
         for stream, task in self._streams:
+            ended = task.done()  # the track ended (the caller left): LiveKit freed it
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            with contextlib.suppress(Exception):
-                await stream.aclose()
+            if not ended:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
         self._streams.clear()
         self.output.stop()
 
@@ -668,6 +674,8 @@ class LiveKitWorker:
 
         room.on("participant_disconnected", on_left)
         room.on("disconnected", on_disconnected)
+        if caller.identity not in room.remote_participants:  # left before we listened
+            main.call_soon_threadsafe(session.finish, "caller_left")
         future = asyncio.run_coroutine_threadsafe(session.run(), main)
         try:
             reason = await asyncio.wrap_future(future)

@@ -107,6 +107,11 @@ class _Socket:
             else:
                 await self._send_str(json.dumps(item, separators=(",", ":")))
 
+    def discard(self) -> None:
+        """Drop what is held back (the call was refused before it started)."""
+        if self._held is not None:
+            self._held = []
+
     async def send_frame(self, frame: bytes) -> None:
         if self._held is not None:
             self._held.append(frame)
@@ -191,6 +196,7 @@ def add_routes(app: web.Application, manager: CallManager, api_key: str | None) 
         try:
             call = await manager.open_call(spec, sock, sock)
         except CallRejected as exc:
+            sock.discard()  # the call never started: the client gets the reason alone
             await sock.close()
             await ws.send_str(json.dumps({"type": "error", "error": exc.reason, "code": exc.code}))
             await ws.send_str(json.dumps({"type": "ended", "reason": exc.code}))

@@ -117,7 +117,7 @@ def _bad_payload(rng: random.Random, message: dict[str, Any]) -> dict[str, Any]:
     elif choice == 2:
         media["payload"] = ""
     elif choice == 3:
-        media["payload"] = base64.b64encode(b"\x00" * 200_000).decode()  # far too long
+        media["payload"] = base64.b64encode(b"\x00" * 40_000).decode()  # far too long
     elif choice == 4:
         media["payload"] = base64.b64encode(b"\x01").decode()  # half a 16-bit sample / 1 byte
     else:

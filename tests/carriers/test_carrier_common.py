@@ -49,3 +49,15 @@ def test_l16_content_type() -> None:
     assert parse_l16_rate("audio/L16; rate=8000") == 8000
     assert parse_l16_rate("audio/pcmu;rate=8000") is None
     assert parse_l16_rate("audio/l16") is None
+
+
+def test_a_sustained_flood_is_detected_even_though_the_bucket_refills() -> None:
+    guard = FloodGuard(rate=250, burst=500, tolerance=500)
+    now = 0.0
+    flagged_at = None
+    for i in range(5000):  # 5,000 messages a second
+        now += 0.0002
+        guard.admit(200, now)
+        if guard.flooding and flagged_at is None:
+            flagged_at = i
+    assert flagged_at is not None and flagged_at < 2000

@@ -114,6 +114,8 @@ async def test_configured_key_is_accepted(tmp_path: Path) -> None:
                                                                   False)
     assert store.verify_key("rymi_configured_0123456789")
     assert not (tmp_path / "dev-api-key").exists()
+    create_local_api(store, keys=["rymi_extra_0123456789"])
+    assert store.verify_key("rymi_extra_0123456789")
     store.close()
 
 

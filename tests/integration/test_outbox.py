@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from runtime.api_client import ApiClient
+from runtime.api_client import ApiClient, ApiError
 from runtime.local_api.app import MAX_BODY_BYTES, add_local_api_routes
 from runtime.local_api.store import LocalStore
 from runtime.outbox import Outbox, OutboxDeliverer, OutboxLocked
@@ -43,6 +43,12 @@ class Faults:
 
     queue: list[Callable[[web.Request], Any]] = field(default_factory=list)
     hits: list[Hit] = field(default_factory=list)
+    #: (method, path suffixes) the faults apply to: the ingest routes unless changed
+    target: tuple[str, tuple[str, ...]] = ("POST", ("/events", "/transcript"))
+
+    def applies(self, request: web.Request) -> bool:
+        method, suffixes = self.target
+        return request.method == method and request.path.endswith(suffixes)
 
     def ingest_hits(self) -> list[Hit]:
         return [h for h in self.hits if h.path.endswith(("/events", "/transcript"))]
@@ -80,7 +86,7 @@ class ApiServer:
         async def front(request: web.Request, handler: Any) -> web.StreamResponse:
             ingest = request.method == "POST" and request.path.endswith(
                 ("/events", "/transcript"))
-            fault = faults.queue.pop(0) if ingest and faults.queue else None
+            fault = faults.queue.pop(0) if faults.applies(request) and faults.queue else None
             if fault is not None and fault is not LOSE_RESPONSE:
                 injected: web.Response = fault(request)
                 faults.hits.append(Hit(time.monotonic(), request.path, injected.status, None))
@@ -382,6 +388,20 @@ async def test_refused_item_is_dead_lettered_and_the_rest_delivered(env: Env) ->
     outbox.close()
 
 
+async def test_reports_of_a_call_the_api_does_not_know_do_not_block_others(env: Env) -> None:
+    call_id = await env.new_call()
+    outbox = Outbox(env.tmp / "outbox.sqlite3")
+    enqueue_events(outbox, "call_0000forgotten", 3)
+    enqueue_events(outbox, call_id, 3)
+    deliverer = fast(outbox, env.client)
+    await deliverer.start()
+    assert await deliverer.flush(timeout=20)
+    assert outbox.dead_count() == 3 and outbox.pending_count() == 0
+    assert [e["seq"] for e in await env.events(call_id)] == [1, 2, 3]
+    await deliverer.stop()
+    outbox.close()
+
+
 async def test_oversized_batches_are_split(env: Env) -> None:
     call_id = await env.new_call()
     outbox = Outbox(env.tmp / "outbox.sqlite3")
@@ -410,4 +430,59 @@ async def test_flush_waits_for_items_enqueued_after_start(env: Env) -> None:
         assert outbox.pending_count() == 0
     assert len(await env.events(call_id)) == 60
     await deliverer.stop()
+    outbox.close()
+
+
+# --------------------------------------------------------------------------- api client
+
+
+async def test_client_retries_call_creation_after_429_retry_after(env: Env) -> None:
+    env.faults.target = ("POST", ("/v1/calls",))
+    env.faults.queue[:] = [respond(429, {"Retry-After": "0.5"})]
+    call = await env.client.create_call(agent_id=env.agent_id, transport="twilio",
+                                        from_="+15550001", metadata={"k": "v"})
+    assert call["status"] == "queued" and call["from"] == "+15550001"
+    hits = [h for h in env.faults.hits if h.path == "/v1/calls"]
+    assert [h.status for h in hits] == [429, 201]
+    assert hits[1].at - hits[0].at >= 0.5 - 0.05
+
+
+async def test_client_does_not_retry_a_call_creation_the_api_may_have_done(env: Env) -> None:
+    env.faults.target = ("POST", ("/v1/calls",))
+    env.faults.queue[:] = [respond(500)]
+    with pytest.raises(ApiError) as info:
+        await env.client.create_call(agent_id=env.agent_id)
+    assert info.value.status == 500 and info.value.retryable
+    assert [h.status for h in env.faults.hits if h.path == "/v1/calls"] == [500]
+
+
+async def test_client_retries_agent_fetch_on_server_errors(env: Env) -> None:
+    env.faults.target = ("GET", (env.agent_id,))
+    env.faults.queue[:] = [respond(503), respond(502)]
+    config, raw = await env.client.get_agent(env.agent_id)
+    assert raw["id"] == env.agent_id and config.name
+    assert [h.status for h in env.faults.hits if h.path.endswith(env.agent_id)] == [
+        503, 502, 200]
+
+
+async def test_client_reports_an_unreachable_api_as_status_0(env: Env) -> None:
+    await env.server.stop()
+    with pytest.raises(ApiError) as info:
+        await env.client.get_agent(env.agent_id)
+    assert info.value.status == 0 and info.value.code == "connect_error"
+    assert info.value.retryable and not info.value.reached_server
+    assert env.key not in str(info.value) and env.key not in repr(env.client)
+
+
+async def test_stop_right_after_a_kick_returns(env: Env) -> None:
+    """A cancel racing with the wake-up must not be swallowed (stop() would hang)."""
+    outbox = Outbox(env.tmp / "outbox.sqlite3")
+    for _ in range(50):
+        deliverer = fast(outbox, env.client)
+        await deliverer.start()
+        await asyncio.sleep(0)
+        deliverer.kick()
+        async with asyncio.timeout(5):
+            await deliverer.stop()
+        assert not deliverer.running
     outbox.close()

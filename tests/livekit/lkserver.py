@@ -150,7 +150,7 @@ class LiveKitServer:
         else:
             process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)

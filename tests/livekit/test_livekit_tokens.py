@@ -104,7 +104,7 @@ async def test_secret_key_gets_a_room_scoped_token_that_dispatches_the_agent(
                                          api_server.secret_key)
     assert status == 200
     assert call["status"] == "queued" and call["transport"] == "livekit"
-    assert call["agent_id"] == api_server.agent_id
+    assert call["agent_id"] == api_server.agent_id and call["from"] == body["identity"]
 
 
 async def test_secret_key_may_join_an_open_call_with_its_own_identity(api_server: Api) -> None:

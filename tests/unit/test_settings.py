@@ -143,7 +143,8 @@ def test_vendor_variable_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("LIVEKIT_URL", "ws://127.0.0.1:7880/")
     monkeypatch.setenv("RYMI_LIVEKIT_API_KEY", "lk")
     s = WorkerSettings()
-    assert s.twilio_auth_token is not None and s.twilio_auth_token.get_secret_value() == "tw-secret-xyz"
+    assert s.twilio_auth_token is not None
+    assert s.twilio_auth_token.get_secret_value() == "tw-secret-xyz"
     assert s.livekit_url == "ws://127.0.0.1:7880"
     assert s.livekit_api_key is not None and s.livekit_api_key.get_secret_value() == "lk"
     assert "tw-secret-xyz" not in repr(s)
