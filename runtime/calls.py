@@ -259,6 +259,7 @@ class CallManager:
                 from_=spec.from_,
                 to=spec.to,
                 metadata=spec.metadata,
+                worker_id=self.worker_id,
             )
         except ApiError as exc:
             if exc.status == 404:

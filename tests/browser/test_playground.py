@@ -219,7 +219,8 @@ async def test_one_turn_in_the_browser_shows_words_reply_audio_and_waterfall(
                 """(words) => {
                     for (const m of document.querySelectorAll("#conversation .msg.user.final")) {
                         const said = m.querySelector(".text").textContent.toLowerCase();
-                        if (said.split(/\\s+/).some((w) => words.includes(w))) return m.dataset.turn;
+                        const hit = said.split(/\\s+/).some((w) => words.includes(w));
+                        if (hit) return m.dataset.turn;
                     }
                     return null;
                 }""",
