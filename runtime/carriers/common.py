@@ -177,7 +177,9 @@ def opt_text(
     return text(message, key, where, max_chars=max_chars)
 
 
-def number(message: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> int | None:
+def number(
+    message: Mapping[str, Any], key: str, where: str, *, required: bool = False
+) -> int | None:
     """An integer that carriers send either as a JSON number or as a decimal string."""
     value = message.get(key)
     if value is None:

@@ -89,7 +89,7 @@ class PlivoCodec(Codec):
         media_format = obj(start, "mediaFormat", "start")
         encoding = media_format.get("encoding")
         rate = number(media_format, "sampleRate", "start.mediaFormat", required=True)
-        fmt = _FORMATS.get((encoding, rate)) if isinstance(encoding, str) else None
+        fmt = _FORMATS.get((encoding, rate or 0)) if isinstance(encoding, str) else None
         if fmt is None:
             reject("unsupported_format",
                    f"start: unsupported media format {str(encoding)[:40]}@{rate}", fatal=True)
@@ -104,7 +104,9 @@ class PlivoCodec(Codec):
             account_id=opt_text(start, "accountId", "start"),
         ))
 
-    def _check_stream(self, message: Mapping[str, Any], event: str, *, required: bool = True) -> None:
+    def _check_stream(
+        self, message: Mapping[str, Any], event: str, *, required: bool = True
+    ) -> None:
         started = self._require_started(event)
         stream_id = text(message, "streamId", event) if required else opt_text(
             message, "streamId", event)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -79,7 +80,8 @@ CLEAR_ECHOES_MARKS = {"twilio": True, "telnyx": True, "plivo": False, "vonage": 
 FORMATS: dict[str, tuple[AudioFormat, ...]] = {
     "twilio": (AudioFormat("mulaw", 8000),),
     "plivo": (AudioFormat("mulaw", 8000), AudioFormat("pcm16", 8000), AudioFormat("pcm16", 16000)),
-    "vonage": (AudioFormat("pcm16", 16000), AudioFormat("pcm16", 8000), AudioFormat("pcm16", 24000)),
+    "vonage": (AudioFormat("pcm16", 16000), AudioFormat("pcm16", 8000),
+               AudioFormat("pcm16", 24000)),
     "telnyx": (AudioFormat("mulaw", 8000), AudioFormat("alaw", 8000), AudioFormat("pcm16", 8000),
                AudioFormat("pcm16", 16000)),
 }
@@ -202,13 +204,11 @@ def _auth_error(carrier: str, exc: AuthError) -> web.Response:
 # --------------------------------------------------------------------------- answer
 
 
-async def _request_params(request: web.Request, body: bytes) -> dict[str, str]:
+def _request_params(request: web.Request, body: bytes) -> dict[str, str]:
     """Form fields of a POST (what carriers sign), or the query of a GET."""
     if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
         return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     if request.method == "POST" and request.content_type == "application/json":
-        import json
-
         try:
             data = json.loads(body or b"{}")
         except ValueError:
@@ -259,7 +259,7 @@ def _answer_handler(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def answer(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        params = await _request_params(request, body)
+        params = _request_params(request, body)
         try:
             _verify_answer(carrier, context, request, body, params)
         except AuthError as exc:
@@ -488,6 +488,10 @@ class CarrierStream:
         except asyncio.CancelledError:
             self.end_reason = self.end_reason or "worker_shutdown"
             raise
+        except Exception:  # a bug here ends this call, reported, and nothing else
+            log.exception("%s stream failed", self.carrier)
+            self.end_reason = "internal_error"
+            self.failed = True
         finally:
             if closer is not None:
                 closer.cancel()
@@ -506,7 +510,7 @@ class CarrierStream:
                 return None
             try:
                 msg = await self.ws.receive(timeout=timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             event = self._decode(msg)
             if event is None:
@@ -635,7 +639,8 @@ class CarrierStream:
         self.end_reason = self.end_reason or reason
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 3.0
-        while loop.time() < deadline and (
+        # a short poll: "played" is the carrier's echo (marks) or the clock (Vonage pacing)
+        while loop.time() < deadline and (  # noqa: ASYNC110
             self.marks.pending or not self._queue.empty() or self._sent_until > loop.time()
         ):
             await asyncio.sleep(FRAME_S)

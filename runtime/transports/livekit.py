@@ -345,8 +345,7 @@ class RoomAudioOutput:
             )
 
     def stop(self) -> None:
-        """No more audio (the call is over). The source itself is released with the room,
-        after its track is unpublished (:meth:`release`)."""
+        """No more audio: the call is over."""
         self._closed = True
         for handle in self._marks:
             handle.cancel()
@@ -465,6 +464,7 @@ class RoomCall:
         self.call: ActiveCall | None = None
         self._streams: list[tuple[rtc.AudioStream, asyncio.Task[None]]] = []
         self._done: asyncio.Future[str] | None = None
+        self._closed = False
 
     def _done_future(self) -> asyncio.Future[str]:
         if self._done is None:
@@ -496,6 +496,9 @@ class RoomCall:
             )
             await self._cleanup()
             return f"rejected:{exc.code}"
+        except BaseException:
+            await self._cleanup()
+            raise
         self.output.call = call
         try:
             await asyncio.wait([call.ended, done], return_when=asyncio.FIRST_COMPLETED)
@@ -510,6 +513,8 @@ class RoomCall:
 
     def attach(self, track: rtc.Track, track_sid: str) -> None:
         """The caller's audio track was subscribed: feed it to the call (main loop)."""
+        if self._closed:
+            return
         self.publisher.caller_track_sid = track_sid
         stream = rtc.AudioStream(
             track,
@@ -533,16 +538,20 @@ class RoomCall:
             done.set_result(reason)
 
     async def _cleanup(self) -> None:
+        self._closed = True
+        # once the caller (or the room) is gone, LiveKit has freed their track's streams
+        gone = self._done is not None and self._done.done()
         for stream, task in self._streams:
-            ended = task.done()  # the track ended (the caller left): LiveKit freed it
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            if not ended:
+            if not gone:
                 with contextlib.suppress(Exception):
                     await stream.aclose()
         self._streams.clear()
         self.output.stop()
+        with contextlib.suppress(Exception):
+            await self.output.release()
 
 
 # --------------------------------------------------------------------------- the worker
@@ -641,7 +650,6 @@ class LiveKitWorker:
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         )
         output = RoomAudioOutput(source)
-        ctx.add_shutdown_callback(output.release)  # runs after the room is left
         publisher = RoomPublisher(
             room, room_loop, f"{room.name}-{ctx.job.id}", caller.identity, publication.sid,
             output,

@@ -269,7 +269,8 @@ async def test_one_turn_in_the_browser_shows_words_reply_audio_and_waterfall(
         artifacts.mkdir(exist_ok=True)
         await page.screenshot(path=str(artifacts / "playground.png"), full_page=True)
         (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(artifacts / "playground.png", ROOT / "docs" / "img" / "playground.png")
+        if os.environ.get("RYMI_UPDATE_DOCS_SCREENSHOT"):  # refresh the README's picture
+            shutil.copyfile(artifacts / "playground.png", ROOT / "docs" / "img" / "playground.png")
 
         await button.click()  # hang up
         await wait_data(page, "callState", "idle", 15)
@@ -387,3 +388,59 @@ async def test_barge_in_is_marked_where_it_happened(
         assert [role for role, _ in roles[cut_at + 1 :]][:1] == ["user"], roles
         await page.screenshot(path=str(ROOT / "test-artifacts" / "playground-barge-in.png"),
                               full_page=True)
+
+
+async def test_failed_call_shows_the_reason(
+    dev_worker: DevWorker, speech_wav: Path, chromium_path: str, tmp_path: Path
+) -> None:
+    # an agent whose voice engine does not exist: the worker refuses the call with why
+    status, body = await dev_worker.api("GET", "/v1/agents")
+    assert status == 200
+    agent_id = body["agents"][0]["id"]
+    status, body = await dev_worker.api(
+        "PUT", f"/v1/agents/{agent_id}", {"tts": {"provider": "no-such-engine"}}
+    )
+    assert status == 200, body
+    flags = ["--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={speech_wav}"]
+    async with browser(tmp_path / "profile", chromium_path, flags) as (_, page):
+        await page.goto(f"{dev_worker.url}/")
+        await page.locator("#call-button:not([disabled])").wait_for(timeout=15_000)
+        await page.locator("#call-button").click()
+        banner = page.locator('#banner[data-kind="call-failed"]')
+        await banner.wait_for(timeout=30_000)
+        text = await banner.text_content() or ""
+        assert "The call failed: setup_failed" in text and "no-such-engine" in text, text
+        assert await data(page, "callOutcome") == "failed"
+        assert await data(page, "callState") == "idle"
+        assert await page.locator("#banner-action").text_content() == "Try again"
+
+
+async def test_waterfall_arithmetic_in_the_page(
+    dev_worker: DevWorker, chromium_path: str, tmp_path: Path
+) -> None:
+    """metrics.js as the browser runs it: steps, overlaps, missing marks, medians."""
+    async with browser(tmp_path / "profile", chromium_path, []) as (_, page):
+        await page.goto(f"{dev_worker.url}/")
+        result = await page.evaluate(
+            """async () => {
+                const m = await import("/playground/static/metrics.js");
+                const marks = {speech_ended: 10, endpoint: 10.4, final_transcript: 10.3,
+                               llm_first_token: 10.5, tts_first_audio: null,
+                               first_audio_out: 10.75, first_audio_played: 10.8};
+                return {
+                    rows: m.timeline(marks).map((r) => [r.key, r.ms, r.deltaMs]),
+                    greeting: m.timeline({speech_ended: null, first_audio_out: 1}),
+                    medians: [m.median([3, 1, 2]), m.median([4, 1, 3, 2]), m.median([null])],
+                };
+            }"""
+        )
+    rows = {key: (ms, delta) for key, ms, delta in result["rows"]}
+    assert rows["speech_ended"] == (0, 0)
+    assert rows["endpoint"] == pytest.approx((400, 400))
+    assert rows["final_transcript"] == pytest.approx((300, -100))  # before the endpoint
+    assert rows["llm_first_token"] == pytest.approx((500, 200))
+    assert rows["tts_first_audio"] == (None, None)  # missing: the next step spans it
+    assert rows["first_audio_out"] == pytest.approx((750, 250))
+    assert rows["first_audio_played"] == pytest.approx((800, 50))
+    assert result["greeting"] is None  # no end of speech: not a user turn
+    assert result["medians"] == [2, 2.5, None]

@@ -300,7 +300,7 @@ class CarrierCaller(ABC):
                 deadline = time.monotonic() + FRAME_S
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
-    async def _ack_mark(self, name: str) -> None:
+    async def _ack_mark(self, name: str) -> None:  # noqa: B027 - Vonage has no marks
         """Tell the worker playback reached mark ``name``."""
 
     # ------------------------------------------------------------------ inspection
@@ -609,7 +609,8 @@ class VonageCaller(CarrierCaller):
         query = {"uuid": self.carrier_call_id, "conversation_uuid": "CON-" + secrets.token_hex(8),
                  "from": self.caller_number.lstrip("+"), "to": self.callee_number.lstrip("+")}
         url = f"{self.answer_url()}&{urlencode(query)}"
-        async with self.session.get(url, headers={"Authorization": f"Bearer {self._jwt()}"}) as resp:
+        headers = {"Authorization": f"Bearer {self._jwt()}"}
+        async with self.session.get(url, headers=headers) as resp:
             body = await resp.text()
             if resp.status != 200:
                 raise RuntimeError(f"answer webhook: {resp.status} {body}")

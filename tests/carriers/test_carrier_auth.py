@@ -84,7 +84,8 @@ def test_vonage_signed_jwt_fresh_and_bound_to_the_body() -> None:
 
 def test_telnyx_ed25519_signature_and_timestamp() -> None:
     key = Ed25519PrivateKey.generate()
-    public = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    public = base64.b64encode(raw).decode()
     body = b"CallSid=v3%3Aabc&From=%2B1"
     ts = "1700000000"
     signature = base64.b64encode(key.sign(ts.encode() + b"|" + body)).decode()

@@ -110,7 +110,7 @@ async def test_a_phone_call_greets_answers_is_interrupted_and_hangs_up(
     assert call["end_reason"] == HANGUP_REASON[carrier]
     final = await events(worker, call_id)
     statuses = [e["data"] for e in final if e["type"] == "call.status"]
-    assert [s["status"] for s in statuses][0] == "ringing"
+    assert statuses[0]["status"] == "ringing"
     assert statuses[0]["carrier_call_id"] == caller.carrier_call_id
     assert "in_progress" in [s["status"] for s in statuses]
     assert statuses[-1]["status"] == "completed"

@@ -49,7 +49,8 @@ def test_a_whole_stream_parses_into_typed_events() -> None:
     assert codec.receive(json.dumps(VALID["dtmf"])) == Dtmf("5")
     assert codec.receive(json.dumps(VALID["mark"])) == MarkPlayed("turn-1-end")
     # the older name of the acknowledgement
-    assert codec.receive(json.dumps({**VALID["mark"], "event": "played"})) == MarkPlayed("turn-1-end")
+    played = {**VALID["mark"], "event": "played"}
+    assert codec.receive(json.dumps(played)) == MarkPlayed("turn-1-end")
     cleared = {"sequenceNumber": 0, "event": "clearedAudio", "streamId": STREAM}
     assert codec.receive(json.dumps(cleared)) == Cleared()
     assert codec.receive(json.dumps({"event": "stop", "streamId": STREAM})) == Stopped("stop")
@@ -65,7 +66,8 @@ def test_l16_streams_at_8_and_16_khz() -> None:
         media = {**VALID["media"], "media": {**VALID["media"]["media"],
                                              "payload": base64.b64encode(frame).decode()}}
         assert codec.receive(json.dumps(media)) == Media(frame)
-        odd = {**media, "media": {**media["media"], "payload": base64.b64encode(b"\0" * 3).decode()}}
+        odd = {**media, "media": {**media["media"],
+                                  "payload": base64.b64encode(b"\0" * 3).decode()}}
         assert error(codec, odd).code == "bad_payload_size"
         out = json.loads(codec.media(frame))
         assert out["media"]["contentType"] == "audio/x-l16" and out["media"]["sampleRate"] == rate
@@ -92,8 +94,8 @@ def test_bad_input_each_has_a_code_and_the_stream_goes_on() -> None:
         "malformed_json": '{"event": "media"',
         "unknown_event": {"event": "sendDTMF"},
         "bad_base64": {**media, "media": {**media["media"], "payload": "%%%"}},
-        "bad_payload_size": {**media, "media": {**media["media"],
-                                                "payload": base64.b64encode(b"\0" * 4000).decode()}},
+        "bad_payload_size": {**media, "media": {
+            **media["media"], "payload": base64.b64encode(b"\0" * 4000).decode()}},
         "wrong_stream": {**media, "streamId": "other"},
         "duplicate_start": VALID["start"],
         "bad_field": {**media, "sequenceNumber": "one"},

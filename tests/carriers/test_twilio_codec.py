@@ -87,8 +87,8 @@ def test_bad_json_base64_sizes_and_events_each_have_a_code() -> None:
         "missing_event": '{"streamSid": "x"}',
         "unknown_event": {"event": "pause"},
         "bad_base64": {**media, "media": {**media["media"], "payload": "!!!"}},
-        "bad_payload_size": {**media, "media": {**media["media"],
-                                                "payload": base64.b64encode(b"\0" * 8000).decode()}},
+        "bad_payload_size": {**media, "media": {
+            **media["media"], "payload": base64.b64encode(b"\0" * 8000).decode()}},
         "wrong_stream": {**media, "streamSid": "MZother"},
         "missing_field": {"event": "media", "streamSid": STREAM},
         "bad_dtmf": {**VALID["dtmf"], "dtmf": {"digit": "x"}},
@@ -98,8 +98,11 @@ def test_bad_json_base64_sizes_and_events_each_have_a_code() -> None:
     for code, message in cases.items():
         assert error(codec, message).code == code, code
     # broken padding is bad base64, an empty payload a bad size
-    assert error(codec, {**media, "media": {**media["media"], "payload": "AAA"}}).code == "bad_base64"
-    assert error(codec, {**media, "media": {**media["media"], "payload": ""}}).code == "missing_field"
+    def with_payload(payload: str) -> dict:
+        return {**media, "media": {**media["media"], "payload": payload}}
+
+    assert error(codec, with_payload("AAA")).code == "bad_base64"
+    assert error(codec, with_payload("")).code == "missing_field"
     # the stream goes on after every error
     assert codec.receive(json.dumps(media)) == Media(FRAME)
 

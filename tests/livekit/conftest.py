@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ def netns() -> Iterator[NetNs | None]:
     """The namespace every LiveKit test runs in; None where namespaces are not permitted
     (then the tests run on the host's loopback, and the candidate check is skipped)."""
     try:
+        if os.environ.get("RYMI_TEST_NO_NETNS"):
+            raise RuntimeError("RYMI_TEST_NO_NETNS is set")
         ns = NetNs.create()
     except (RuntimeError, OSError) as exc:
         print(f"LiveKit tests run without a network namespace: {exc}")
@@ -49,6 +52,7 @@ def livekit_server(in_netns: NetNs | None, tmp_path: Path) -> Iterator[LiveKitSe
         yield server
     finally:
         server.stop()
+        print(f"==== livekit-server log\n{server.log_tail(40)}")
 
 
 @pytest.fixture
@@ -75,3 +79,4 @@ async def spawn_worker(
     yield spawn
     for worker in started:
         await worker.kill()
+        print(f"==== {worker.name} (exit {worker.process.returncode})\n{worker.log(200)}")

@@ -558,7 +558,8 @@ function onMessage(session, msg) {
       onEvent(session, msg.event);
       break;
     case "error":
-      note(`The worker rejected a message: ${msg.error} (${msg.code})`, "warn");
+      // before "started" the call is refused: the banner explains it when the socket closes
+      if (session.callId) note(`The worker reported an error: ${msg.error} (${msg.code})`, "warn");
       break;
     case "ended":
       break; // handled when the socket closes

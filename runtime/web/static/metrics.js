@@ -106,7 +106,7 @@ export class LatencyBoard {
     const sent = turns.map((t) => t.rows.at(-2).ms);
     const v2v = median(heard) ?? median(sent);
     const big = el("div", "v2v");
-    const value = el("strong", null, formatMs(v2v));
+    const value = el("strong", v2v === null ? "none" : null, formatMs(v2v));
     value.id = "v2v-median";
     value.dataset.ms = v2v === null ? "" : String(Math.round(v2v));
     big.append(el("span", "v2v-label", "Voice-to-voice, median"), value);
