@@ -166,7 +166,7 @@ async def test_concurrent_streams_do_not_mix_their_words() -> None:
 
 async def test_events_end_after_aclose(stt_stream: SttStream) -> None:
     events = stt_stream.events()
-    await stt_stream.push(speech("hello")[:FRAME * 10])
+    await stt_stream.push(speech("hello")[: FRAME * 10])
     await stt_stream.aclose()
     remaining = [e async for e in events]
     assert all(e.kind == "partial" for e in remaining)
