@@ -557,9 +557,8 @@ class Conversation:
     # ------------------------------------------------------------------ playout
 
     def _next_audio(self) -> ReplyAudio | None:
-        for turn_id in sorted(self._replies):
-            return self._replies[turn_id].audio
-        return None
+        """The oldest live reply's audio: replies play in turn order."""
+        return self._replies[min(self._replies)].audio if self._replies else None
 
     async def _playout_loop(self) -> None:
         """Send one frame every 20 ms while a reply has audio; sleep otherwise."""
