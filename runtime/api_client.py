@@ -13,8 +13,10 @@ import copy
 import email.utils
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -159,6 +161,7 @@ class ApiClient:
         *,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, Mapping[str, str], Any]:
         """One HTTP exchange, no retry: ``(status, headers, json body or None)``.
 
@@ -176,7 +179,7 @@ class ApiClient:
             all_headers["Content-Type"] = "application/json"
         try:
             async with self._http().request(
-                method, url, data=data, headers=all_headers, timeout=self._timeout,
+                method, url, data=data, headers=all_headers, timeout=timeout or self._timeout,
                 allow_redirects=False,
             ) as resp:
                 raw = await resp.read()
@@ -269,6 +272,14 @@ class ApiClient:
             self._agents.pop(agent_id, None)
         return config.model_copy(deep=True), copy.deepcopy(body)
 
+    def cached_agent(self, agent_id: str) -> tuple[AgentConfig, dict[str, Any]] | None:
+        """The last config fetched for ``agent_id`` (calls set up while the API is down
+        use it), or None."""
+        cached = self._agents.get(agent_id)
+        if cached is None:
+            return None
+        return cached[1].model_copy(deep=True), copy.deepcopy(cached[2])
+
     # ------------------------------------------------------------------ calls
 
     async def create_call(
@@ -281,15 +292,20 @@ class ApiClient:
         to: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         worker_id: str | None = None,
+        call_id: str | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/calls`` → the call object (status ``queued``).
 
-        Retried only when the API surely did not create it (no connection, 429)."""
+        With ``call_id`` (the worker's own ``call_…`` id) the request is idempotent: the
+        same id again answers 200 with the existing call. Retried only when the API surely
+        did not create it (no connection, 429)."""
         body: dict[str, Any] = {
             "agent_id": agent_id,
             "direction": direction,
             "transport": transport,
         }
+        if call_id is not None:
+            body["id"] = call_id
         for key, value in (("from", from_), ("to", to), ("worker_id", worker_id)):
             if value is not None:
                 body[key] = value
@@ -326,3 +342,89 @@ class ApiClient:
         )
         return body if isinstance(body, dict) else {}
 
+    async def create_call_item(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/calls`` once with a worker-made ``id`` (the outbox retries; the API
+        answers 201 the first time and 200 with the same call afterwards)."""
+        fields = {k: v for k, v in body.items() if k not in ("idempotency_key", "seq")}
+        _status, _headers, call = await self.request("POST", "/v1/calls", body=fields)
+        return call if isinstance(call, dict) else {}
+
+    async def post_summary(self, call_id: str, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/calls/:id/summary`` once (replaces the stored summary)."""
+        path = f"/v1/calls/{quote(call_id, safe='')}/summary"
+        _status, _headers, body = await self.request("POST", path, body=dict(summary))
+        return body if isinstance(body, dict) else {}
+
+    async def put_recording(
+        self, call_id: str, path: str | Path, *, timeout_s: float = 600.0
+    ) -> dict[str, Any]:
+        """``PUT /v1/calls/:id/recording`` with the WAV file streamed as the body, once.
+        Idempotent on the API side (a repeat replaces the stored file)."""
+        url = f"{self.base_url}/v1/calls/{quote(call_id, safe='')}/recording"
+        headers = {
+            "Authorization": f"Bearer {self._key.get_secret_value()}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "Content-Type": "audio/wav",
+        }
+        timeout = aiohttp.ClientTimeout(total=timeout_s, connect=5.0, sock_read=60.0)
+        try:
+            with open(path, "rb") as fh:  # noqa: ASYNC230 - aiohttp streams it in chunks
+                headers["Content-Length"] = str(os.fstat(fh.fileno()).st_size)
+                async with self._http().put(
+                    url, data=fh, headers=headers, timeout=timeout, allow_redirects=False
+                ) as resp:
+                    raw = await resp.read()
+                    status, resp_headers = resp.status, resp.headers.copy()
+        except FileNotFoundError:
+            # nothing to retry: the outbox sets the item aside like a refused one
+            raise ApiError(422, f"recording file {path} is missing", "file_missing") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ApiError(0, f"cannot connect to {self.base_url}: {exc.strerror or exc}",
+                           "connect_error") from None
+        except TimeoutError:
+            raise ApiError(0, f"PUT recording of {call_id} timed out", "timeout") from None
+        except aiohttp.ClientError as exc:
+            raise ApiError(0, f"PUT recording failed: {type(exc).__name__}: {exc}",
+                           "connection_error") from None
+        parsed: Any = None
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+        if status >= 400:
+            raise self._error(status, resp_headers, parsed, raw)
+        return parsed if isinstance(parsed, dict) else {}
+
+    async def dnc_check(self, number: str) -> dict[str, Any]:
+        """``POST /v1/dnc/check`` → ``{"number", "listed", "reason"?}`` (brief retries)."""
+
+        async def post() -> tuple[int, Mapping[str, str], Any]:
+            return await self.request("POST", "/v1/dnc/check", body={"number": number})
+
+        _status, _headers, body = await self._with_retries(post, lambda e: e.retryable)
+        if not isinstance(body, dict) or not isinstance(body.get("listed"), bool):
+            raise ApiError(200, "DNC check response has no 'listed'", "bad_response")
+        return body
+
+    async def worker_heartbeat(
+        self, worker_id: str, state: Mapping[str, Any], *, wait_s: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """``POST /v1/workers/:id/heartbeat?wait=…``: report load, long-poll for control
+        commands (e.g. ``end_call``); returns them."""
+        path = f"/v1/workers/{quote(worker_id, safe='')}/heartbeat"
+        if wait_s > 0:
+            path += f"?wait={wait_s:g}"
+        timeout = aiohttp.ClientTimeout(total=wait_s + 10.0, connect=5.0)
+        _status, _headers, body = await self.request(
+            "POST", path, body=dict(state), timeout=timeout
+        )
+        commands = body.get("commands") if isinstance(body, dict) else None
+        return [c for c in commands or [] if isinstance(c, dict)]
+
+    async def ack_command(self, worker_id: str, command_id: str) -> None:
+        """``DELETE /v1/workers/:id/commands/:command_id``: done, do not send it again."""
+        path = (f"/v1/workers/{quote(worker_id, safe='')}/commands/"
+                f"{quote(command_id, safe='')}")
+        await self.request("DELETE", path)

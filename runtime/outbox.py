@@ -38,8 +38,10 @@ if os.name == "posix":
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["event", "transcript"]
-KINDS: Final[tuple[Kind, ...]] = ("event", "transcript")
+Kind = Literal["call", "event", "transcript", "recording", "summary"]
+KINDS: Final[tuple[Kind, ...]] = ("call", "event", "transcript", "recording", "summary")
+#: Kinds sent as one batch of items per request; the others go one item per request.
+BATCHED: Final = frozenset({"event", "transcript"})
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS items (
@@ -225,6 +227,20 @@ class Outbox:
         ``turn_id``, ``interrupted``); returns its ``seq``."""
         fields = {k: v for k, v in segment.items() if k not in ("idempotency_key", "seq")}
         return self._enqueue(call_id, "transcript", fields)
+
+    def enqueue_call(self, call_id: str, body: Mapping[str, Any]) -> int:
+        """Store the creation of a call whose id the worker made (``POST /v1/calls`` with
+        ``id``). Until it is delivered, nothing else of that call is sent."""
+        return self._enqueue(call_id, "call", {**dict(body), "id": call_id})
+
+    def enqueue_recording(self, call_id: str, meta: Mapping[str, Any]) -> int:
+        """Store the upload of a finished recording; ``meta["path"]`` is the WAV file (it
+        is deleted once the API has it)."""
+        return self._enqueue(call_id, "recording", dict(meta))
+
+    def enqueue_summary(self, call_id: str, summary: Mapping[str, Any]) -> int:
+        """Store a post-call summary (``POST /v1/calls/:id/summary``)."""
+        return self._enqueue(call_id, "summary", dict(summary))
 
     def _next_seq(self, call_id: str, kind: Kind) -> int:
         key = (call_id, kind)
@@ -543,6 +559,9 @@ class OutboxDeliverer:
         groups = self.outbox.pending_groups()
         if not groups:
             return self.idle_poll_s
+        # a call the API does not know yet: its other reports wait for its creation
+        uncreated = {call_id for call_id, kind in groups if kind == "call"}
+        groups = [g for g in groups if g[1] == "call" or g[0] not in uncreated]
         eligible = [g for g in groups if self._group_until.get(g, 0.0) <= now]
         if not eligible:
             return max(0.01, min(self._group_until[g] for g in groups) - now)
@@ -567,6 +586,8 @@ class OutboxDeliverer:
         if any(r[0] == "more" for r in results):
             return 0.0
         remaining = self.outbox.pending_groups()
+        uncreated = {call_id for call_id, kind in remaining if kind == "call"}
+        remaining = [g for g in remaining if g[1] == "call" or g[0] not in uncreated]
         waits = [self._group_until.get(g, 0.0) - now for g in remaining]
         return max(0.01, min(waits)) if waits else self.idle_poll_s
 
@@ -578,7 +599,7 @@ class OutboxDeliverer:
         call_id, kind = group
         progressed = False
         for _ in range(max_batches):
-            limit = self._group_limit.get(group, self.batch_size)
+            limit = self._group_limit.get(group, self.batch_size if kind in BATCHED else 1)
             batch = self.outbox.next_batch(
                 call_id, kind, limit=limit, max_bytes=self.max_batch_bytes
             )
@@ -590,21 +611,36 @@ class OutboxDeliverer:
             ids = [item.id for item in batch]
             payloads = [item.payload for item in batch]
             try:
-                if kind == "event":
-                    await self.client.post_events(call_id, payloads)
-                else:
-                    await self.client.post_transcript(call_id, payloads)
+                await self._send(call_id, kind, payloads)
             except ApiError as exc:
                 outcome = self._on_error(group, batch, exc)
                 if outcome is None:
                     continue  # split or dead-lettered: go on with the rest
                 return outcome, exc, progressed
             self.outbox.mark_delivered(ids)
+            if kind == "recording":
+                for payload in payloads:
+                    with contextlib.suppress(OSError):
+                        os.unlink(str(payload["path"]))
             self.delivered += len(ids)
             progressed = True
             self._group_failures.pop(group, None)
             self._group_until.pop(group, None)
         return "more", None, progressed
+
+    async def _send(self, call_id: str, kind: Kind, payloads: list[dict[str, Any]]) -> None:
+        if kind == "event":
+            await self.client.post_events(call_id, payloads)
+        elif kind == "transcript":
+            await self.client.post_transcript(call_id, payloads)
+        elif kind == "call":
+            await self.client.create_call_item(payloads[0])
+        elif kind == "summary":
+            await self.client.post_summary(call_id, payloads[0])
+        elif kind == "recording":
+            await self.client.put_recording(call_id, str(payloads[0]["path"]))
+        else:  # pragma: no cover - KINDS is closed
+            raise ValueError(f"unknown outbox kind {kind!r}")
 
     def _global_backoff(self, exc: ApiError) -> None:
         """The API is unreachable or rate-limits us: every stream waits, starting now (so

@@ -83,6 +83,8 @@ class Worker:
         self.manager.api = self.client
         self.deliverer = OutboxDeliverer(self.outbox, self.client)
         await self.deliverer.start()
+        # crash recovery, post-call jobs and (hosted mode) the control poll: runtime/calls.py
+        await self.manager.start(control_poll=not self.embedded_api)
         if settings.offline_stt_decoders:
             self._prewarm = asyncio.create_task(self._prewarm_offline_stt())
 
@@ -107,6 +109,8 @@ class Worker:
             ("runtime.transports.carriers", "add_carrier_routes"),
             ("runtime.local_api.catalog", "add_catalog_routes"),
             ("runtime.local_api.realtime", "add_realtime_routes"),
+            ("runtime.local_api.contract", "add_contract_routes"),
+            ("runtime.metrics", "add_metrics_routes"),
         )
         import importlib
 

@@ -25,8 +25,14 @@ Cepstral mean: recognition depends heavily on it (measured on espeak-ng speech, 
 model's built-in initial mean turns "where can i find the address" into "you can occupy
 new answer you"; the utterance's own mean gets it right). A new stream therefore starts
 from the mean of the last utterance this process decoded (callers of one deployment
-share a channel), and the very first utterance of the process, which has nothing better
-than the built-in value, is decoded a second time with its own mean at ``finalize()``.
+share a channel). The very first utterance of the process has nothing better than the
+built-in value: once ``RESTART_AFTER_S`` of it has arrived, the decoder estimates the mean
+from that audio, restarts the utterance with it and decodes the audio so far again (~0.1 s,
+while the caller is still talking); an utterance that ends sooner is decoded a second time
+with its own mean at ``finalize()``. Replaying the whole utterance at ``finalize()`` instead
+delayed the first answer of every new worker by 0.4-0.8 s, for the same recognition
+(measured on 30 espeak-ng sentences: 118 word errors with the full replay, 110-119 with a
+restart after 0.5-1.2 s, 141 without either).
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ OP_GROWN = 14  # payload: uint32, decoders in the pool now
 COUNT = struct.Struct("<I")
 
 SAMPLE_RATE = 16000
+#: when the first utterance of the process restarts with a cepstral mean of its own
+RESTART_AFTER_S = 0.8
 
 
 def pack(op: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -74,7 +82,7 @@ class _Stream:
     cmn: str | None = None
     since_partial: int = 0
     last_partial: str = ""
-    #: the utterance's audio, kept only when it must be decoded again (see module doc)
+    #: the utterance's audio, kept only while it may be decoded again (see module doc)
     replay: bytearray | None = None
 
 
@@ -92,6 +100,7 @@ class _Host:
         self._idle: list[Any] = [first]
         self.decoders_created = 1
         self._partial_samples = max(1, SAMPLE_RATE * partial_ms // 1000)
+        self._restart_bytes = int(SAMPLE_RATE * RESTART_AFTER_S) * 2
         self._streams: dict[int, _Stream] = {}
 
     def _new_decoder(self) -> Any:
@@ -132,9 +141,11 @@ class _Host:
             stream.decoder.start_utt()
             stream.since_partial = 0
             stream.last_partial = ""
+        stream.decoder.process_raw(pcm, False, False)
         if stream.replay is not None:
             stream.replay += pcm
-        stream.decoder.process_raw(pcm, False, False)
+            if len(stream.replay) >= self._restart_bytes:
+                self._restart_with_own_mean(stream)
         stream.since_partial += len(pcm) // 2
         if stream.since_partial < stream.partial_samples:
             return None
@@ -145,6 +156,16 @@ class _Host:
             return None
         stream.last_partial = text
         return pack(OP_PARTIAL, stream_id, text.encode())
+
+    def _restart_with_own_mean(self, stream: _Stream) -> None:
+        """Decode the utterance so far again, normalised with its own cepstral mean."""
+        decoder, audio = stream.decoder, bytes(stream.replay or b"")
+        stream.replay = None
+        cmn = decoder.get_cmn(True)  # the estimate from this utterance's audio
+        decoder.end_utt()
+        decoder.set_cmn(cmn)
+        decoder.start_utt()
+        decoder.process_raw(audio, False, False)
 
     def _finalize(self, stream_id: int, stream: _Stream) -> bytes:
         text, confidence = "", -1.0

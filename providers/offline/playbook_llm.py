@@ -184,6 +184,17 @@ class PlaybookLlm:
     async def _stream(
         self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec]
     ) -> AsyncIterator[LlmDelta]:
+        # offered the post-call ``call_summary`` tool: answer with an extractive summary
+        # (providers/offline/playbook_summary.py), not as the agent
+        from providers.offline import playbook_summary
+
+        request = playbook_summary.summary_request(messages, tools)
+        if request is not None:
+            arguments = playbook_summary.summary_arguments(self.book, *request)
+            call_id = f"call_playbook_{next(self._calls)}"
+            yield LlmDelta(tool_call=ToolCall(call_id, playbook_summary.TOOL_NAME, arguments))
+            yield LlmDelta(finish_reason="tool_calls")
+            return
         reply, intent = self.reply_for(messages)
         for piece in _deltas(reply):
             if self._delay:

@@ -147,6 +147,8 @@ class _Body(BaseModel):
 
 
 class CallCreate(_Body):
+    #: a worker may name the call itself (``call_`` + random): idempotent creation
+    id: str | None = Field(default=None, pattern=r"^call_[A-Za-z0-9]{8,64}$")
     agent_id: str = Field(min_length=1, max_length=64)
     direction: Literal["inbound", "outbound"] = "inbound"
     transport: str = Field(default="local", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
@@ -409,6 +411,8 @@ class _Routes:
             spec = CallCreate.model_validate(body)
         except ValidationError as exc:
             raise validation_problem("invalid call", exc) from None
+        if spec.id is not None:
+            return await self._create_call_with_id(spec.id, spec)
         try:
             call = await self.store.create_call(
                 agent_id=spec.agent_id,
@@ -422,6 +426,27 @@ class _Routes:
         except NotFound:
             raise ApiProblem(404, f"agent {spec.agent_id} not found", "agent_not_found") from None
         resp = web.json_response(call, status=201)
+        resp.headers["Location"] = f"/v1/calls/{call['id']}"
+        return resp
+
+    async def _create_call_with_id(self, call_id: str, spec: CallCreate) -> web.Response:
+        """201 the first time, 200 with the stored call when the id is known already."""
+        try:
+            call, created = await self.store.create_call_with_id(
+                call_id,
+                agent_id=spec.agent_id,
+                direction=spec.direction,
+                transport=spec.transport,
+                from_=spec.from_,
+                to=spec.to,
+                metadata=spec.metadata,
+                worker_id=spec.worker_id,
+            )
+        except NotFound:
+            raise ApiProblem(404, f"agent {spec.agent_id} not found", "agent_not_found") from None
+        except Conflict as exc:
+            raise ApiProblem(409, str(exc), exc.code) from None
+        resp = web.json_response(call, status=201 if created else 200)
         resp.headers["Location"] = f"/v1/calls/{call['id']}"
         return resp
 

@@ -454,6 +454,46 @@ class LocalStore:
 
         return await self._run(create)
 
+    async def create_call_with_id(
+        self,
+        call_id: str,
+        *,
+        agent_id: str,
+        direction: str,
+        transport: str,
+        from_: str | None = None,
+        to: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """A call with the id a worker made; idempotent. Returns ``(call, created)``:
+        the same id again gives the stored call and False. Raises NotFound for an unknown
+        agent, Conflict if the id exists for another agent."""
+
+        def create() -> tuple[dict[str, Any], bool]:
+            with self._tx(self._conn):
+                row = self._get_call_row(call_id)
+                if row is not None:
+                    if row["agent_id"] != agent_id:
+                        raise Conflict(
+                            f"call {call_id} exists for another agent", "call_exists"
+                        )
+                    return self._call_dict(row), False
+                if self._get_agent_row(agent_id) is None:
+                    raise NotFound(agent_id)
+                self._conn.execute(
+                    "INSERT INTO calls (id, agent_id, status, direction, transport, from_addr, "
+                    "to_addr, created_at, worker_id, metadata) "
+                    "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                    (call_id, agent_id, direction, transport, from_, to, time.time(),
+                     worker_id, _dumps(dict(metadata or {}))),
+                )
+            new_row = self._get_call_row(call_id)
+            assert new_row is not None
+            return self._call_dict(new_row), True
+
+        return await self._run(create)
+
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         def get() -> dict[str, Any] | None:
             row = self._get_call_row(call_id)

@@ -25,6 +25,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from runtime.local_api.app import add_local_api_routes
+from runtime.local_api.contract import add_contract_routes
 from runtime.local_api.realtime import mount_realtime_routes
 from runtime.local_api.store import LocalStore
 from runtime.settings import WorkerSettings
@@ -95,6 +96,8 @@ async def serve_api(workdir: Path, livekit: LiveKitServer) -> AsyncIterator[Api]
     key, _ = store.ensure_dev_key()
     app = web.Application()
     add_local_api_routes(app, store)
+    # recordings, summaries, control: workers report those too (docs/reliability.md)
+    add_contract_routes(app, store, webhook_allow_hosts=("127.0.0.1",))
     mount_realtime_routes(app, store, settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
