@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from benchmarks.stats import percentile
 from providers.base import PCM16_16K, SttStream
 from providers.offline import pocketsphinx_stt
 from providers.offline.espeak_tts import EspeakTts
@@ -42,12 +43,6 @@ REPLIES = (
 )
 FRAME = PCM16_16K.frame_bytes(20)
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def report(label: str, values: list[float], unit: str = "ms", scale: float = 1000.0) -> None:

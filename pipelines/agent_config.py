@@ -45,7 +45,7 @@ class ProviderRoute(ProviderChoice):
 class VadSettings(_Strict):
     aggressiveness: int = Field(default=2, ge=0, le=3)
     min_speech_ms: int = Field(default=100, ge=20, le=2000)
-    min_silence_ms: int = Field(default=200, ge=60, le=5000)
+    min_silence_ms: int = Field(default=300, ge=60, le=5000)
     preroll_ms: int = Field(default=300, ge=0, le=2000)
 
 

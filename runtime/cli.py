@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--data-dir", type=Path, help="where SQLite files live (RYMI_DATA_DIR)")
         cmd.add_argument("--max-calls", type=int, help="concurrent call limit (RYMI_MAX_CALLS)")
         cmd.add_argument("--log-level", help="debug, info, warning, error (RYMI_LOG_LEVEL)")
-    bench = sub.add_parser("bench", help="run the benchmarks (see benchmarks/README.md)")
+    bench = sub.add_parser("bench", help="run the benchmarks (see docs/benchmarks.md)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m benchmarks")
     return parser
 
@@ -54,12 +54,29 @@ def _settings(args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(**overrides)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "bench":
-        from benchmarks.__main__ import main as bench_main
+def _bench(argv: list[str]) -> int:
+    """``python -m benchmarks`` from the source checkout this worker is installed from
+    (the suite uses the checkout's test fakes and is not part of the installed package)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "__main__.py").is_file():
+        print(
+            "rymi-worker bench needs the source checkout (pip install -e <checkout>); "
+            "run `python -m benchmarks` there",
+            file=sys.stderr,
+        )
+        return 2
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from benchmarks.__main__ import main as bench_main
 
-        return int(bench_main(args.args) or 0)
+    return int(bench_main(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # every option after it belongs to the benchmarks' parser
+        return _bench(argv[1:])
+    args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
     except ValidationError as exc:

@@ -85,6 +85,12 @@ class WorkerSettings(BaseSettings):
         default=30.0, ge=0, le=24 * 3600, description="on SIGTERM, how long active calls get"
     )
     log_level: LogLevel = "info"
+    stall_trace_ms: float | None = Field(
+        default=None,
+        ge=1,
+        le=60_000,
+        description="log the event loop's stack whenever it stalls longer than this (ms)",
+    )
     worker_id: str = Field(
         default_factory=default_worker_id,
         min_length=1,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from providers.base import ConfigError, LlmProvider, SttProvider, TtsProvider
 from providers.cloud._common import Endpoint, resolve_endpoint
 
-__all__ = ["register_cloud_providers"]
+__all__ = ["register_cloud_providers", "warm_cloud_providers"]
 
 DEEPGRAM_URL = "https://api.deepgram.com"
 OPENAI_URL = "https://api.openai.com/v1"
@@ -253,6 +253,51 @@ def make_deepgram_tts(
         connect_timeout_s=opts.connect_timeout_s,
         name=opts.name,
     )
+
+
+# --------------------------------------------------------------------------- warm-up
+
+
+def warm_cloud_providers(credentials: Mapping[str, str]) -> list[str]:
+    """Import the SDKs of the vendors the operator configured a key for, and build their
+    shared clients, so a process's first call does not pay ~0.7 s of imports.
+
+    Call it from a running event loop (the clients are per loop). Returns the vendors
+    warmed; a vendor that fails to warm is skipped (its first call will tell why).
+    """
+    import logging
+
+    from providers.cloud._common import shared_ssl_context
+
+    log = logging.getLogger(__name__)
+    warmed = []
+    for vendor in ("DEEPGRAM", "OPENAI", "ELEVENLABS"):
+        key = _credential(credentials, f"{vendor}_API_KEY")
+        if not key:
+            continue
+        base_url = (_credential(credentials, f"{vendor}_BASE_URL") or _DEFAULT_URLS[vendor]).rstrip(
+            "/"
+        )
+        try:
+            if vendor == "DEEPGRAM":
+                from providers.cloud import deepgram_stt, deepgram_tts  # noqa: F401
+
+                deepgram_stt.warm(key, base_url)
+            elif vendor == "OPENAI":
+                from providers.cloud import openai_llm, openai_tts  # noqa: F401
+
+                openai_llm.warm(key, base_url)
+            else:
+                from providers.cloud import elevenlabs_tts
+
+                elevenlabs_tts.warm(key, base_url)
+            if base_url.startswith("https://"):
+                shared_ssl_context()
+        except Exception as exc:  # best effort: never stop the worker from starting
+            log.warning("%s SDK could not be prepared: %s", vendor.lower(), type(exc).__name__)
+            continue
+        warmed.append(vendor.lower())
+    return warmed
 
 
 # --------------------------------------------------------------------------- registration

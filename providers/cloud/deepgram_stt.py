@@ -18,20 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from providers.base import AudioFormat, ProviderError, SttEvent
 from providers.cloud._common import (
+    ClientCache,
     dropped,
     error_from_status,
     header,
+    key_digest,
     parse_retry_after,
     register_secret,
     timed_out,
     unexpected,
+    ws_connect_options,
 )
 
 log = logging.getLogger(__name__)
@@ -52,15 +58,105 @@ def ws_url_for(base_url: str) -> str:
     return base_url
 
 
-def make_client(api_key: str, base_url: str, timeout: float) -> Any:
-    """An ``AsyncDeepgramClient`` whose REST and WebSocket hosts are ``base_url``."""
-    from deepgram import AsyncDeepgramClient
-    from deepgram.environment import DeepgramClientEnvironment
+_clients: ClientCache[Any] = ClientCache()
 
+#: The SDK modules whose module-level ``websockets_client_connect`` opens the async
+#: ``/v1/listen`` and ``/v1/speak`` sockets (``client.listen.v1.connect`` uses the one
+#: in ``client``, the raw client its own).
+_SDK_SOCKET_MODULES = (
+    "deepgram.listen.v1.client",
+    "deepgram.listen.v1.raw_client",
+    "deepgram.speak.v1.client",
+    "deepgram.speak.v1.raw_client",
+)
+
+
+def make_client(api_key: str, base_url: str, timeout: float) -> Any:
+    """An ``AsyncDeepgramClient`` whose REST and WebSocket hosts are ``base_url``.
+
+    Shared by every stream of this event loop with the same endpoint, key and timeout:
+    building one costs an httpx client and a TLS context (~20 ms of CPU), even when
+    only its WebSockets are used. Nothing closes it (streams close their sockets only),
+    so one call ending cannot break another's client.
+    """
     register_secret(api_key)
-    ws = ws_url_for(base_url)
-    env = DeepgramClientEnvironment(base=base_url, production=ws, agent=ws, agent_rest=base_url)
-    return AsyncDeepgramClient(api_key=api_key, environment=env, timeout=timeout)
+
+    def build() -> Any:
+        from deepgram import AsyncDeepgramClient
+        from deepgram.environment import DeepgramClientEnvironment
+
+        tune_sdk_sockets()
+        ws = ws_url_for(base_url)
+        env = DeepgramClientEnvironment(base=base_url, production=ws, agent=ws, agent_rest=base_url)
+        return AsyncDeepgramClient(api_key=api_key, environment=env, timeout=timeout)
+
+    return _clients.get((base_url, key_digest(api_key), timeout), build)
+
+
+def session_headers() -> dict[str, Any]:
+    """``request_options`` giving one socket its own ``x-deepgram-session-id`` (the SDK
+    sets one per client, and the client is shared by every call)."""
+    return {"additional_headers": {"x-deepgram-session-id": str(uuid.uuid4())}}
+
+
+def _tuned(original: Callable[..., Any]) -> Callable[..., Any]:
+    def connect(uri: str, **kwargs: Any) -> Any:
+        for name, value in ws_connect_options(uri).items():
+            kwargs.setdefault(name, value)
+        return original(uri, **kwargs)
+
+    connect.rymi_original = original  # type: ignore[attr-defined]
+    return connect
+
+
+def tune_sdk_sockets() -> list[str]:
+    """Open the SDK's audio sockets without permessage-deflate and with the shared TLS
+    context; returns the modules changed.
+
+    The SDK calls ``websockets_client_connect(url, extra_headers=...)`` and offers no
+    option for either, so the module attribute is wrapped — only where it still is
+    ``websockets``' own ``connect`` taking ``compression`` (not a transport installed
+    with ``transport_factory``, not an SDK version that moved it). Anything else is left
+    as it is: the sockets then work as before, just compressed.
+    """
+    changed = []
+    for name in _SDK_SOCKET_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        original = getattr(module, "websockets_client_connect", None)
+        if original is None or hasattr(original, "rymi_original"):
+            continue
+        if not str(getattr(original, "__module__", "")).startswith("websockets"):
+            continue
+        try:
+            if "compression" not in inspect.signature(original).parameters:
+                continue
+        except (TypeError, ValueError):
+            continue
+        module.websockets_client_connect = _tuned(original)  # type: ignore[attr-defined]
+        changed.append(name)
+    if not changed:
+        log.debug("deepgram: SDK sockets left with their defaults")
+    return changed
+
+
+def warm(api_key: str, base_url: str, timeout: float = 5.0) -> None:
+    """Import what the first stream would (the SDK, its socket and message modules, ~0.5 s)
+    and build the shared client for the operator's endpoint, before any call."""
+    client = make_client(api_key, base_url, timeout)
+    client.listen.v1  # noqa: B018  (lazily imported sub-clients)
+    client.speak.v1  # noqa: B018
+    for name in (
+        "deepgram.core.api_error",
+        "deepgram.listen.v1.socket_client",
+        "deepgram.speak.v1.socket_client",
+        "deepgram.speak.v1.types",
+        "websockets.exceptions",
+        "websockets.legacy.client",
+    ):
+        importlib.import_module(name)
 
 
 def map_connect_error(provider: str, exc: BaseException) -> ProviderError:
@@ -165,10 +261,10 @@ class DeepgramStt:
             )
         client = make_client(self.api_key, self.base_url, self.connect_timeout_s)
         params = self.query(fmt, language)
-        request_options: dict[str, Any] = {}
+        request_options: dict[str, Any] = session_headers()
         if self.extra_query:
             request_options["additional_query_parameters"] = dict(self.extra_query)
-        cm = client.listen.v1.connect(**params, request_options=request_options or None)
+        cm = client.listen.v1.connect(**params, request_options=request_options)
         try:
             socket = await asyncio.wait_for(cm.__aenter__(), self.connect_timeout_s)
         except TimeoutError:

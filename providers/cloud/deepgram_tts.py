@@ -17,7 +17,12 @@ from typing import Any
 
 from providers.base import AudioFormat, ProviderError
 from providers.cloud._common import dropped, register_secret, timed_out, unexpected
-from providers.cloud.deepgram_stt import DEFAULT_BASE_URL, make_client, map_connect_error
+from providers.cloud.deepgram_stt import (
+    DEFAULT_BASE_URL,
+    make_client,
+    map_connect_error,
+    session_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,7 @@ class DeepgramTtsStream:
             model=self.voice,
             encoding=_ENCODINGS[self.output_format.encoding],
             sample_rate=str(self.output_format.sample_rate),
+            request_options=session_headers(),
         )
         try:
             socket = await asyncio.wait_for(cm.__aenter__(), p.connect_timeout_s)

@@ -35,11 +35,14 @@ from typing import Any
 
 from providers.base import AudioFormat, ProviderError
 from providers.cloud._common import (
+    ClientCache,
     dropped,
     error_from_status,
     header,
+    key_digest,
     parse_retry_after,
     register_secret,
+    shared_ssl_context,
     timed_out,
     unexpected,
     wire_logger,
@@ -64,12 +67,30 @@ FORMATS: dict[AudioFormat, str] = {
 _SPARE_MARGIN_S = 5.0
 
 
-def _client(api_key: str | None, base_url: str) -> Any:
-    from elevenlabs.client import AsyncElevenLabs
+_clients: ClientCache[Any] = ClientCache()
 
+
+def _client(api_key: str | None, base_url: str) -> Any:
+    """An ``AsyncElevenLabs``, shared by every call of this event loop with the same
+    endpoint and key (see :class:`ClientCache`)."""
     register_secret(api_key)
-    # api_key must be explicit: the SDK's default is read from the environment
-    return AsyncElevenLabs(api_key=api_key or "", base_url=base_url)
+
+    def build() -> Any:
+        from elevenlabs.client import AsyncElevenLabs
+
+        # api_key must be explicit: the SDK's default is read from the environment
+        return AsyncElevenLabs(api_key=api_key or "", base_url=base_url)
+
+    return _clients.get((base_url, key_digest(api_key)), build)
+
+
+def warm(api_key: str | None, base_url: str) -> None:
+    """Import the SDK and the socket client, and build the shared client, before any call."""
+    import elevenlabs.types
+    import elevenlabs.url_utils  # noqa: F401
+    import websockets.asyncio.client  # noqa: F401
+
+    _client(api_key, base_url)
 
 
 def _map_api_error(provider: str, exc: BaseException) -> ProviderError:
@@ -290,6 +311,8 @@ class ElevenLabsTtsStream:
         p = self.provider
         url = p.url(self.voice, self._output_format_name)
         headers = p._sdk._client_wrapper.get_headers()
+        # wss: the process's TLS context, not a new one (CA store load) per sentence
+        tls: dict[str, Any] = {"ssl": shared_ssl_context()} if url.startswith("wss://") else {}
         try:
             ws = await connect(
                 url,
@@ -298,6 +321,7 @@ class ElevenLabsTtsStream:
                 close_timeout=1.0,
                 max_size=2**24,
                 logger=_wire,
+                **tls,
             )
         except InvalidStatus as exc:
             response = exc.response

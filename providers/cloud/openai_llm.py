@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import importlib
+import json
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from providers.base import ChatMessage, LlmDelta, ProviderError, ToolCall, ToolSpec
 from providers.cloud._common import (
+    ClientCache,
     dropped,
     error_from_status,
     header,
+    key_digest,
     parse_retry_after,
     register_secret,
     unexpected,
@@ -44,9 +46,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NO_KEY = "no-key"
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
-    weakref.WeakKeyDictionary()
-)
+_clients: ClientCache[Any] = ClientCache()
 
 
 def make_async_client(
@@ -54,24 +54,33 @@ def make_async_client(
 ) -> Any:
     """An ``AsyncOpenAI`` client, shared by every call of this event loop with the same
     endpoint and key, so calls reuse its kept-alive (already TLS-warm) connections."""
-    from openai import AsyncOpenAI
-
     register_secret(api_key)
-    key = (base_url, hashlib.sha256((api_key or NO_KEY).encode()).hexdigest(), timeout, max_retries)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is not None:
-        cached = _clients.setdefault(loop, {}).get(key)
-        if cached is not None and not cached.is_closed():
-            return cached
-    client = AsyncOpenAI(
-        api_key=api_key or NO_KEY, base_url=base_url, timeout=timeout, max_retries=max_retries
-    )
-    if loop is not None:
-        _clients[loop][key] = client
-    return client
+
+    def build() -> Any:
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(
+            api_key=api_key or NO_KEY, base_url=base_url, timeout=timeout, max_retries=max_retries
+        )
+
+    key = (base_url, key_digest(api_key or NO_KEY), timeout, max_retries)
+    return _clients.get(key, build, usable=lambda client: not client.is_closed())
+
+
+def warm(api_key: str | None, base_url: str, *, timeout: float = 30.0) -> None:
+    """Import the SDK and what its first streamed reply touches (~0.3 s), and build the
+    shared client for the operator's endpoint (the engines' default timeout and retries),
+    before any call."""
+    import concurrent.futures.thread  # noqa: F401  (asyncio's resolver executor)
+
+    import openai.types.chat  # noqa: F401  (chunk models, parsed per SSE event)
+
+    with contextlib.suppress(ImportError):  # the HTTP client's async backend, if anyio
+        importlib.import_module("anyio._backends._asyncio")
+
+    client = make_async_client(api_key, base_url, timeout=timeout, max_retries=0)
+    client.chat.completions  # noqa: B018  (lazily imported resources)
+    client.audio.speech  # noqa: B018
 
 
 def map_openai_error(provider: str, exc: BaseException) -> ProviderError:
@@ -237,8 +246,14 @@ class OpenAiLlm:
     ) -> AsyncIterator[LlmDelta]:
         started = time.monotonic()
         self.last_ttft_s = None
+        # The SDK builds the request, authenticates and maps HTTP errors; the body is
+        # read here: one ``json.loads`` per event instead of a model tree per chunk
+        # (the SDK's ``construct_type`` was most of the adapter's per-reply CPU).
+        manager = self._client.chat.completions.with_streaming_response.create(
+            **self.request(messages, tools)
+        )
         try:
-            response = await self._client.chat.completions.create(**self.request(messages, tools))
+            response = await manager.__aenter__()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -248,32 +263,43 @@ class OpenAiLlm:
         finish: str | None = None
         try:
             try:
-                async for chunk in response:
-                    if chunk.usage is not None:
+                async for data in sse_data(response.iter_bytes()):
+                    if data == b"[DONE]":
+                        continue  # read on to the end of the body: the connection is reused
+                    chunk = json.loads(data)
+                    if not isinstance(chunk, dict):
+                        continue
+                    if chunk.get("error"):
+                        raise _StreamError
+                    raw_usage = chunk.get("usage")
+                    if isinstance(raw_usage, dict):
                         usage = {
-                            "prompt_tokens": chunk.usage.prompt_tokens or 0,
-                            "completion_tokens": chunk.usage.completion_tokens or 0,
-                            "total_tokens": chunk.usage.total_tokens or 0,
+                            "prompt_tokens": raw_usage.get("prompt_tokens") or 0,
+                            "completion_tokens": raw_usage.get("completion_tokens") or 0,
+                            "total_tokens": raw_usage.get("total_tokens") or 0,
                         }
-                    for choice in chunk.choices:
-                        delta = choice.delta
-                        if delta is not None and delta.content:
-                            if self.last_ttft_s is None:
-                                self.last_ttft_s = time.monotonic() - started
-                            yield LlmDelta(text=delta.content)
-                        if delta is not None and delta.tool_calls:
-                            if self.last_ttft_s is None:
-                                self.last_ttft_s = time.monotonic() - started
-                            for tc in delta.tool_calls:
-                                fn = tc.function
-                                calls.add(
-                                    tc.index,
-                                    tc.id,
-                                    fn.name if fn else None,
-                                    fn.arguments if fn else None,
-                                )
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta")
+                        if delta:
+                            content = delta.get("content")
+                            if content:
+                                if self.last_ttft_s is None:
+                                    self.last_ttft_s = time.monotonic() - started
+                                yield LlmDelta(text=content)
+                            tool_calls = delta.get("tool_calls")
+                            if tool_calls:
+                                if self.last_ttft_s is None:
+                                    self.last_ttft_s = time.monotonic() - started
+                                for tc in tool_calls:
+                                    fn = tc.get("function") or {}
+                                    calls.add(
+                                        tc.get("index") or 0,
+                                        tc.get("id"),
+                                        fn.get("name"),
+                                        fn.get("arguments"),
+                                    )
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -290,4 +316,35 @@ class OpenAiLlm:
             yield LlmDelta(usage=usage, finish_reason=finish)
         finally:
             with contextlib.suppress(Exception):
-                await response.close()
+                await manager.__aexit__(None, None, None)
+
+
+class _StreamError(Exception):
+    """An ``error`` object inside the event stream (the SDK raises ``APIError`` there)."""
+
+
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The ``data`` of each server-sent event, as bytes (multi-line data joined with
+    ``\n``, comments and other fields skipped, CRLF or LF line ends), per the SSE rules."""
+    buffer = b""
+    data: list[bytes] = []
+    async for chunk in chunks:
+        buffer += chunk
+        if b"\n" not in buffer:
+            continue
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+    if buffer.startswith(b"data:"):
+        value = buffer[5:].rstrip(b"\r")
+        data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        yield b"\n".join(data)

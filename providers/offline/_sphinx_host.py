@@ -27,12 +27,12 @@ new answer you"; the utterance's own mean gets it right). A new stream therefore
 from the mean of the last utterance this process decoded (callers of one deployment
 share a channel). The very first utterance of the process has nothing better than the
 built-in value: once ``RESTART_AFTER_S`` of it has arrived, the decoder estimates the mean
-from that audio, restarts the utterance with it and decodes the audio so far again (~0.2 s
-once, while the caller is still talking); an utterance that ends sooner is decoded a second
-time with its own mean at ``finalize()``. Replaying the whole utterance at ``finalize()``
-delayed the first answer of every new worker by 0.4-0.6 s for the same recognition
-(30 espeak-ng sentences at 150 and 175 wpm with 0.3 s of pre-roll: 201 word errors with the
-full replay, 197 with a restart after 1.2 s, 212-228 after 0.5-1.5 s, 243 with neither).
+from that audio, restarts the utterance with it and decodes the audio so far again (~0.1 s,
+while the caller is still talking); an utterance that ends sooner is decoded a second time
+with its own mean at ``finalize()``. Replaying the whole utterance at ``finalize()`` instead
+delayed the first answer of every new worker by 0.4-0.8 s, for the same recognition
+(measured on 30 espeak-ng sentences: 118 word errors with the full replay, 110-119 with a
+restart after 0.5-1.2 s, 141 without either).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ COUNT = struct.Struct("<I")
 
 SAMPLE_RATE = 16000
 #: when the first utterance of the process restarts with a cepstral mean of its own
-RESTART_AFTER_S = 1.2
+RESTART_AFTER_S = 0.8
 
 
 def pack(op: int, stream_id: int, payload: bytes = b"") -> bytes:

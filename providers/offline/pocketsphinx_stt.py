@@ -42,16 +42,10 @@ MODELS = ("en-us",)
 DEFAULT_PARTIAL_MS = 200
 HOST_START_TIMEOUT_S = 30.0
 
-#: Decoder settings that differ from pocketsphinx's own defaults. ``fwdflat`` (the second
-#: search pass, run at ``finalize()``) is off: it made each final ~0.1 s later (up to
-#: ~0.3 s on phone audio) and did not recognise more words (espeak-ng sentences, 30 per
-#: setting: 458 word errors with it, 450 without; docs/offline-engines.md, "Figures").
-DEFAULT_DECODER_CONFIG: dict[str, Any] = {"fwdflat": False}
-
 #: pocketsphinx settings an agent may tune through ``options`` (all others are refused,
 #: so an agent config cannot point the decoder at arbitrary files).
 _TUNABLE: dict[str, type] = {
-    "fwdflat": bool,  # the second search pass: ~0.1 s more per finalize (default off)
+    "fwdflat": bool,  # the second search pass: better words, ~0.1 s more per finalize
     "bestpath": bool,
     "beam": float,
     "wbeam": float,
@@ -346,7 +340,7 @@ class PocketsphinxStt:
         if model is not None and model.lower() not in MODELS:
             raise ConfigError(f"{NAME}: unknown model {model!r} (available: en-us)")
         config, partial_ms = _decoder_settings(options or {})
-        self._settings = {"config": {**DEFAULT_DECODER_CONFIG, **config}, "partial_ms": partial_ms}
+        self._settings = {"config": config, "partial_ms": partial_ms}
 
     def input_formats(self) -> Sequence[AudioFormat]:
         return (PCM16_16K,)

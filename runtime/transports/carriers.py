@@ -382,6 +382,7 @@ class CarrierStream:
         self.format: AudioFormat = FORMATS[carrier][0]
         self.marks = MarkTracker()
         self.guard = FloodGuard()
+        self._messages = MESSAGES.labels(carrier)  # labels() per message cost ~1 µs+
         self.call: ActiveCall | None = None
         self.errors: Counter[str] = Counter()
         self.errors_reported: set[str] = set()
@@ -547,7 +548,7 @@ class CarrierStream:
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             return None
         data = msg.data
-        MESSAGES.labels(self.carrier).inc()
+        self._messages.inc()
         if not self.guard.admit(len(data), time.monotonic()):
             self._protocol_error(ProtocolError("flood", "message over the rate limit, dropped"))
             if self.guard.flooding:

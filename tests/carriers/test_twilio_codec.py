@@ -70,6 +70,22 @@ def test_outbound_messages_have_twilios_exact_shape() -> None:
     assert json.loads(codec.clear()) == {"event": "clear", "streamSid": STREAM}
 
 
+@settings(max_examples=50, deadline=None)
+@given(sid=st.text(min_size=1, max_size=40), frame=st.binary(min_size=1, max_size=400))
+def test_the_prebuilt_media_envelope_is_the_json_of_any_stream_sid(sid: str,
+                                                                   frame: bytes) -> None:
+    """The media message is assembled from a cached head, not json.dumps per frame: it must
+    stay exactly what json.dumps gives, whatever the stream sid holds (quotes, escapes)."""
+    codec = TwilioCodec()
+    codec.started = Started(stream_id=sid, carrier_call_id=CALL, format=MULAW_8K,
+                            parameters={}, account_id=None)
+    for _ in range(2):  # the first call builds the head, the second reuses it
+        assert json.loads(codec.media(frame)) == {
+            "event": "media", "streamSid": sid,
+            "media": {"payload": base64.b64encode(frame).decode()},
+        }
+
+
 def test_media_before_start_and_duplicate_start_are_errors() -> None:
     codec = TwilioCodec()
     assert error(codec, VALID["media"]).code == "before_start"

@@ -85,3 +85,22 @@ def test_start_requires_an_api(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "RYMI_API_URL" in result.stderr
+
+
+def test_bench_passes_its_options_to_the_suite_from_any_directory(tmp_path: Path) -> None:
+    """`rymi-worker bench` finds the checkout's suite even when run elsewhere, and every
+    option after `bench` reaches the suite's own parser (clear error, exit 2)."""
+    cli = [sys.executable, "-c", "import sys; from runtime.cli import main; sys.exit(main())"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    shown = subprocess.run(
+        [*cli, "bench", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "usage: python -m benchmarks" in shown.stdout and "--frameworks" in shown.stdout
+    refused = subprocess.run(
+        [*cli, "bench", "--frameworks", "nope", "--no-progress"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "unknown framework(s): nope" in refused.stdout + refused.stderr

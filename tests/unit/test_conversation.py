@@ -216,6 +216,12 @@ async def test_a_turn_is_answered_with_paced_audio_and_committed() -> None:
     assert span >= (len(times) - 3) * 0.02 * 0.9
     metrics = [d for t, d in observer.events if t == "turn.metrics"]
     assert metrics and all(v is not None for v in metrics[0]["marks"].values())
+    # the reply was generated before the endpoint (preemptively): the LLM's time to first
+    # token is measured from its request, not from the endpoint
+    marks = metrics[0]["marks"]
+    assert marks["final_transcript"] <= marks["llm_request"] < marks["endpoint"]
+    assert marks["llm_request"] <= marks["llm_first_token"]
+    assert metrics[0]["durations_ms"]["llm_ttft"] >= 0
 
 
 async def test_barge_in_clears_and_commits_what_was_heard() -> None:
@@ -318,3 +324,44 @@ async def test_other_transport_formats_are_framed_and_converted(fmt: AudioFormat
     await conv.close("test")
     assert frames and set(frames) == {fmt.frame_bytes()}
     assert [s.text for s in observer.segments] == ["Hello there."]
+
+
+async def test_caller_audio_reaches_the_stt_in_chunks_all_of_it_before_finalize() -> None:
+    """Fewer, larger STT sends (one WebSocket frame each), and a finalize never leaves
+    speech behind in the chunk buffer."""
+    log: list[tuple[str, int]] = []
+
+    class RecordingStt(ScriptedStt):
+        async def open(self, fmt: AudioFormat, *, language: str) -> ScriptedStt.Stream:
+            stream = ScriptedStt.Stream(self)
+            push, finalize = stream.push, stream.finalize
+
+            async def logged_push(audio: bytes) -> None:
+                log.append(("push", len(audio)))
+                await push(audio)
+
+            async def logged_finalize() -> None:
+                log.append(("finalize", len(conv._stt_chunk)))  # audio still held back
+                await finalize()
+
+            stream.push = logged_push  # type: ignore[method-assign]
+            stream.finalize = logged_finalize  # type: ignore[method-assign]
+            return stream
+
+    output, observer = Output(), Observer()
+    conv = Conversation(agent=AgentConfig(), stt=RecordingStt(["hello"]),
+                        llm=ScriptedLlm("hi"), tts=ToneTts(), input_format=PCM16K,
+                        output=output, observer=observer)
+    await conv.start()
+    try:
+        await silence(conv, 0.3)
+        await stream_audio(conv, tone(0.8))
+        await silence(conv, 1.0)
+    finally:
+        await conv.close("test")
+    assert ("finalize", 0) in log  # nothing held back when the STT is asked to finish
+    before = log[: log.index(("finalize", 0))]
+    # the preroll goes frame by frame, then speech in chunks of several frames
+    assert max(size for _, size in before) >= 3 * FRAME
+    assert sum(size for _, size in before) % FRAME == 0  # whole frames only
+    assert "user.speech_stopped" in observer.types()
