@@ -207,6 +207,9 @@ class RymiSystem(System):
             "RYMI_OPENAI_BASE_URL": self.standins["openai"],
             "RYMI_OFFLINE_STT_DECODERS": "0",
             "RYMI_LOG_LEVEL": "info",
+            # e.g. BENCH_RYMI_STALL_TRACE_MS=5: worker settings for one run, without the
+            # caller's own RYMI_* environment leaking into the worker
+            **{k[len("BENCH_"):]: v for k, v in os.environ.items() if k.startswith("BENCH_RYMI_")},
         }
         worker_log = self.workdir / "worker.log"
         self._worker = _spawn(

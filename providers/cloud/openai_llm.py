@@ -218,23 +218,23 @@ class OpenAiLlm:
             log.debug("%s: warm-up request failed: %s", self.name, type(exc).__name__)
 
     def request(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec]) -> dict[str, Any]:
-        """The ``chat.completions.create`` arguments for one reply."""
-        kwargs: dict[str, Any] = {
+        """The ``/chat/completions`` JSON body for one reply (``extra_body`` merged last,
+        as the SDK merges it)."""
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": to_openai_messages(messages),
             "stream": True,
         }
         if tools:
-            kwargs["tools"] = to_openai_tools(tools)
+            body["tools"] = to_openai_tools(tools)
         if self.stream_usage:
-            kwargs["stream_options"] = {"include_usage": True}
+            body["stream_options"] = {"include_usage": True}
         if self.temperature is not None:
-            kwargs["temperature"] = self.temperature
+            body["temperature"] = self.temperature
         if self.max_tokens is not None:
-            kwargs["max_tokens"] = self.max_tokens
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
-        return kwargs
+            body["max_tokens"] = self.max_tokens
+        body.update(self.extra_body)
+        return body
 
     def stream(
         self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = ()
@@ -246,14 +246,19 @@ class OpenAiLlm:
     ) -> AsyncIterator[LlmDelta]:
         started = time.monotonic()
         self.last_ttft_s = None
-        # The SDK builds the request, authenticates and maps HTTP errors; the body is
-        # read here: one ``json.loads`` per event instead of a model tree per chunk
-        # (the SDK's ``construct_type`` was most of the adapter's per-reply CPU).
-        manager = self._client.chat.completions.with_streaming_response.create(
-            **self.request(messages, tools)
-        )
+        # The SDK's client sends the request (auth, headers, timeouts, retries, HTTP
+        # errors → exceptions) but gets a body we built from plain dicts: its
+        # ``chat.completions.create`` walks every message against its TypedDicts first
+        # (``async_maybe_transform``), a 6-20 ms block of the event loop per reply that
+        # grew with the conversation. The stream is read here too: one ``json.loads`` per
+        # event instead of a model tree per chunk.
         try:
-            response = await manager.__aenter__()
+            response = await self._client.post(
+                "/chat/completions",
+                cast_to=_http_response_type(),
+                body=self.request(messages, tools),
+                options={"headers": {_RAW_RESPONSE_HEADER: "stream"}},  # body unread
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -263,7 +268,7 @@ class OpenAiLlm:
         finish: str | None = None
         try:
             try:
-                async for data in sse_data(response.iter_bytes()):
+                async for data in sse_data(response.aiter_bytes()):
                     if data == b"[DONE]":
                         continue  # read on to the end of the body: the connection is reused
                     chunk = json.loads(data)
@@ -316,7 +321,20 @@ class OpenAiLlm:
             yield LlmDelta(usage=usage, finish_reason=finish)
         finally:
             with contextlib.suppress(Exception):
-                await manager.__aexit__(None, None, None)
+                await response.aclose()
+
+
+#: the SDK's switch for "return the HTTP response with its body unread" (the header its own
+#: ``with_streaming_response`` sets)
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+
+
+def _http_response_type() -> type:
+    """The response class of the SDK's HTTP client: asked for as ``cast_to``, the SDK
+    hands that response back as it is (``httpx2`` in openai 3, ``httpx`` before)."""
+    module = importlib.import_module("openai._base_client")
+    http = getattr(module, "httpx2", None) or module.httpx
+    return http.Response
 
 
 class _StreamError(Exception):
