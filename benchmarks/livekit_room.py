@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
-from benchmarks.scenarios import QUESTION
+from benchmarks.scenarios import QUESTION, turn_row
 from benchmarks.stats import summary
 from benchmarks.systems import (
     LOAD_CORE,
@@ -47,9 +46,9 @@ from benchmarks.systems import (
     _spawn,
     _stop,
     _wait_line,
-    agent_config,
     cpu_seconds,
     pin,
+    start_local_api,
 )
 
 LK_AGENTS_VENV = Path(os.environ.get("RYMI_LIVEKIT_AGENTS_VENV",
@@ -275,20 +274,7 @@ class RymiRoomStack(RoomStack):
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RYMI_", "DEEPGRAM_", "OPENAI_", "LIVEKIT_"))}
         env["PYTHONPATH"] = str(REPO)
-        api_log = self.workdir / "api.log"
-        self._api = _spawn([sys.executable, "-m", "runtime.local_api", "--port", "0",
-                            "--data-dir", str(self.workdir / "api"), "--key", self.key,
-                            "--log-level", "warning"], api_log, env, LOAD_CORE)
-        line = await _wait_line(api_log, "listening on", self._api, 30)
-        api_url = line.rsplit(" ", 1)[1].strip()
-        async with aiohttp.ClientSession() as session, session.post(
-            f"{api_url}/v1/agents", json=agent_config(),
-            headers={"Authorization": f"Bearer {self.key}"},
-        ) as resp:
-            body = await resp.json()
-            if resp.status != 201:
-                raise RuntimeError(f"agent not created: {resp.status} {body}")
-            self.agent_id = body["id"]
+        self._api, api_url, self.agent_id = await start_local_api(self.workdir, self.key, env)
         worker_env = {
             **env,
             "PYTHONUNBUFFERED": "1",
@@ -445,20 +431,9 @@ async def level(stack: RoomStack, lk: Any, calls: int, turns: int, budget_s: flo
     for index, caller in enumerate(callers):
         stops = stack.vad_stops(caller)
         for number, turn in enumerate(caller.turns):
-            measured = turn["first_audio"] - turn["last_voiced"]
-            row: dict[str, Any] = {"call": index, "turn": number + 1,
-                                   "voice_to_voice_ms": round(measured * 1000, 2)}
-            stop = next((at for at in reversed(stops)
-                         if turn["last_voiced"] < at < turn["first_audio"]), None)
-            frame = caller.frame_sent_before(stop) if stop is not None else None
-            if stop is None or frame is None:
-                unmatched += 1
-            else:
-                silence = frame - turn["last_voiced"]
-                row["endpoint_silence_ms"] = round(silence * 1000, 2)
-                row["after_vad_ms"] = round((turn["first_audio"] - stop) * 1000, 2)
-                row["overhead_ms"] = round((measured - silence - budget_s) * 1000, 2)
-                row["overhead_gross_ms"] = round((measured - silence - configured_s) * 1000, 2)
+            row = turn_row(index, number, turn, stops, caller.frame_sent_before,
+                           budget_s=budget_s, configured_s=configured_s)
+            unmatched += "overhead_ms" not in row
             rows.append(row)
     call_seconds = sum(max(0.0, c.left_at - c.joined_at) for c in callers if c.joined_at)
     errors = [c.error for c in callers if c.error]

@@ -109,6 +109,27 @@ def _stagger(calls: int) -> float:
     return min(6.0, 0.06 * calls)
 
 
+def turn_row(call: int, number: int, turn: dict[str, float], decisions: list[float],
+             frame_sent_before: Callable[[float], float | None], *, budget_s: float,
+             configured_s: float) -> dict[str, Any]:
+    """One answered turn: voice-to-voice, and — when one of the stack's "speech ended"
+    ``decisions`` falls between the caller's last voiced frame and the first agent audio —
+    the endpoint silence and the overhead (docs/benchmarks.md, "Definitions")."""
+    measured = turn["first_audio"] - turn["last_voiced"]
+    row: dict[str, Any] = {"call": call, "turn": number + 1,
+                           "voice_to_voice_ms": round(measured * 1000, 2)}
+    stop = next((at for at in reversed(decisions)
+                 if turn["last_voiced"] < at < turn["first_audio"]), None)
+    frame = frame_sent_before(stop) if stop is not None else None
+    if stop is not None and frame is not None:
+        silence = frame - turn["last_voiced"]
+        row["endpoint_silence_ms"] = round(silence * 1000, 2)
+        row["after_vad_ms"] = round((turn["first_audio"] - stop) * 1000, 2)
+        row["overhead_ms"] = round((measured - silence - budget_s) * 1000, 2)
+        row["overhead_gross_ms"] = round((measured - silence - configured_s) * 1000, 2)
+    return row
+
+
 async def latency(system: System, calls: int, turns: int, delays: dict[str, float],
                   floor_s: float = 0.0, progress: Callable[[str], None] = lambda _: None
                   ) -> dict[str, Any]:
@@ -134,20 +155,9 @@ async def latency(system: System, calls: int, turns: int, delays: dict[str, floa
     for index, record in enumerate(records):
         decisions = [at for kind, at in vad.get(record.caller, []) if kind == "vad_stop"]
         for number, turn in enumerate(record.turns):
-            measured = turn["first_audio"] - turn["last_voiced"]
-            stop = next((at for at in reversed(decisions)
-                         if turn["last_voiced"] < at < turn["first_audio"]), None)
-            row: dict[str, Any] = {"call": index, "turn": number + 1,
-                                   "voice_to_voice_ms": round(measured * 1000, 2)}
-            frame = record.caller.frame_sent_before(stop) if stop is not None else None
-            if stop is None or frame is None:
-                unmatched += 1
-            else:
-                silence = frame - turn["last_voiced"]
-                row["endpoint_silence_ms"] = round(silence * 1000, 2)
-                row["after_vad_ms"] = round((turn["first_audio"] - stop) * 1000, 2)
-                row["overhead_ms"] = round((measured - silence - budget) * 1000, 2)
-                row["overhead_gross_ms"] = round((measured - silence - configured) * 1000, 2)
+            row = turn_row(index, number, turn, decisions, record.caller.frame_sent_before,
+                           budget_s=budget, configured_s=configured)
+            unmatched += "overhead_ms" not in row
             rows.append(row)
     greetings = [r.greeting_s for r in records if r.greeting_s is not None]
     errors = [r.error for r in records if r.error]

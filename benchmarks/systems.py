@@ -104,6 +104,25 @@ def _event_time(value: Any) -> float:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
+async def start_local_api(workdir: Path, key: str, env: dict[str, str]
+                          ) -> tuple[subprocess.Popen[bytes], str, str]:
+    """The local ``/v1`` API on the load core, with the benchmark's agent created in it:
+    (process, URL, agent id)."""
+    log = workdir / "api.log"
+    proc = _spawn([sys.executable, "-m", "runtime.local_api", "--port", "0",
+                   "--data-dir", str(workdir / "api"), "--key", key,
+                   "--log-level", "warning"], log, env, LOAD_CORE)
+    line = await _wait_line(log, "listening on", proc, 30)
+    url = line.rsplit(" ", 1)[1].strip()
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{url}/v1/agents", json=agent_config(), headers={"Authorization": f"Bearer {key}"},
+    ) as resp:
+        body = await resp.json()
+        if resp.status != 201:
+            raise RuntimeError(f"agent not created: {resp.status} {body}")
+    return proc, url, str(body["id"])
+
+
 class System(ABC):
     name: str
     url: str = ""
@@ -182,20 +201,8 @@ class RymiSystem(System):
         for name in list(env):
             if name.startswith(("RYMI_", "DEEPGRAM_", "OPENAI_", "ELEVENLABS_", "TWILIO_")):
                 del env[name]
-        api_log = self.workdir / "api.log"
-        self._api = _spawn([sys.executable, "-m", "runtime.local_api", "--port", "0",
-                            "--data-dir", str(self.workdir / "api"), "--key", self.key,
-                            "--log-level", "warning"], api_log, env, LOAD_CORE)
-        line = await _wait_line(api_log, "listening on", self._api, 30)
-        self.api_url = line.rsplit(" ", 1)[1].strip()
-        async with aiohttp.ClientSession() as session, session.post(
-            f"{self.api_url}/v1/agents", json=agent_config(),
-            headers={"Authorization": f"Bearer {self.key}"},
-        ) as resp:
-            body = await resp.json()
-            if resp.status != 201:
-                raise RuntimeError(f"agent not created: {resp.status} {body}")
-            self.agent_id = body["id"]
+        self._api, self.api_url, self.agent_id = await start_local_api(
+            self.workdir, self.key, env)
         worker_env = {
             **env,
             "RYMI_API_URL": self.api_url,
