@@ -172,9 +172,7 @@ class Conversation:
         )
         formats = list(stt.input_formats())
         self.stt_format = input_format if input_format in formats else formats[0]
-        # constant ~10-30 ms delay instead of bursts lagging up to 115 ms (8 kHz → 16 kHz):
-        # the audio before a finalize() is in the recogniser when the VAD calls the end
-        self._to_stt = AudioConverter(input_format, self.stt_format, low_latency=True)
+        self._to_stt = AudioConverter(input_format, self.stt_format)
         self._preroll: deque[bytes] = deque(maxlen=max(1, agent.vad.preroll_ms // 20))
         self._stt_gate_open = False
         self._stt_chunk: list[bytes] = []  # caller audio not yet sent (STT_CHUNK_FRAMES)
