@@ -192,6 +192,10 @@ class ApiClient:
         except aiohttp.ClientError as exc:
             raise ApiError(0, f"{method} {path} failed: {type(exc).__name__}: {exc}",
                            "connection_error") from None
+        return status, resp_headers, self._parsed(status, resp_headers, raw)
+
+    def _parsed(self, status: int, headers: Any, raw: bytes) -> Any:
+        """The JSON body (None when empty or not JSON); an ``ApiError`` for 4xx/5xx."""
         parsed: Any = None
         if raw:
             try:
@@ -199,8 +203,8 @@ class ApiClient:
             except ValueError:
                 parsed = None
         if status >= 400:
-            raise self._error(status, resp_headers, parsed, raw)
-        return status, resp_headers, parsed
+            raise self._error(status, headers, parsed, raw)
+        return parsed
 
     @staticmethod
     def _error(status: int, headers: Mapping[str, str], parsed: Any, raw: bytes) -> ApiError:
@@ -387,14 +391,7 @@ class ApiClient:
         except aiohttp.ClientError as exc:
             raise ApiError(0, f"PUT recording failed: {type(exc).__name__}: {exc}",
                            "connection_error") from None
-        parsed: Any = None
-        if raw:
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                parsed = None
-        if status >= 400:
-            raise self._error(status, resp_headers, parsed, raw)
+        parsed = self._parsed(status, resp_headers, raw)
         return parsed if isinstance(parsed, dict) else {}
 
     async def dnc_check(self, number: str) -> dict[str, Any]:
