@@ -45,6 +45,7 @@ HOST_START_TIMEOUT_S = 30.0
 #: pocketsphinx settings an agent may tune through ``options`` (all others are refused,
 #: so an agent config cannot point the decoder at arbitrary files).
 _TUNABLE: dict[str, type] = {
+    "dither": bool,  # half-bit noise before decoding (default on; see _sphinx_host.py)
     "fwdflat": bool,  # the second search pass: better words, ~0.1 s more per finalize
     "bestpath": bool,
     "beam": float,

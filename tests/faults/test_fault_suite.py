@@ -55,7 +55,7 @@ AGENT = {
         "extraction_fields": ["intent"],
     },
 }
-QUESTION = "what time do you open tomorrow"
+QUESTION = "what are your opening hours tomorrow"
 
 
 # --------------------------------------------------------------------------- the proxy

@@ -77,7 +77,7 @@ async def test_a_call_is_recorded_and_summarised(worker: Worker) -> None:
     async with caller_for(worker, agent_id) as caller:
         call_id = caller.call_id
         await caller.wait_event("agent.speech_stopped", 20, turn_id=1)
-        caller.say(speech("what time does the store open tomorrow"))
+        caller.say(speech("what are your opening hours tomorrow"))
         await caller.wait_event("agent.speech_stopped", 40, turn_id=2)
         await caller.hang_up()
         await asyncio.wait_for(caller.ended.wait(), 10)

@@ -41,6 +41,7 @@ def speech(
             [
                 "sox",
                 str(wav),
+                "-D",  # no random dither: the same text is the same audio in every run
                 "-r",
                 str(rate),
                 "-c",
@@ -68,7 +69,7 @@ def wav_file(text: str, path: Path, *, rate: int = 48000, pad_s: float = 0.0) ->
         check=True,
         capture_output=True,
     )
-    args = ["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(path)]
+    args = ["sox", str(raw), "-D", "-r", str(rate), "-c", "1", "-b", "16", str(path)]
     if pad_s:
         args += ["pad", "0", str(pad_s)]
     subprocess.run(args, check=True, capture_output=True)
