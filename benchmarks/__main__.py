@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from benchmarks.systems import (
     System,
     pin,
     pipecat_version,
+    standins_process,
 )
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -156,33 +156,6 @@ class Progress:
             self.bar.close()
 
 
-@contextlib.asynccontextmanager
-async def standins(delays: dict[str, float], workdir: Path) -> Any:
-    """The provider stand-ins, in their own process on the load generator's core."""
-    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
-    log = (workdir / "standins.log").open("wb")
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, read in an executor
-        [sys.executable, "-m", "benchmarks.standins", "--stt-delay", str(delays["stt"]),
-         "--llm-delay", str(delays["llm"]), "--tts-delay", str(delays["tts"])],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO, text=True,
-        preexec_fn=lambda: pin(LOAD_CORE),
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
-        if not line:
-            raise RuntimeError("the provider stand-ins did not start")
-        yield json.loads(line)
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
 SYSTEMS: dict[str, type[System]] = {"rymi": RymiSystem, "pipecat": PipecatSystem}
 
 
@@ -201,7 +174,8 @@ async def run(plan: Plan, progress: Progress, workdir: Path) -> dict[str, Any]:
         PipecatSystem.ensure_installed()
         results["versions"]["pipecat-ai"] = pipecat_version()
     if {"latency", "bargein", "capacity"} & plan.scenarios:
-        async with standins(plan.delays, workdir) as urls:
+        workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the run
+        with standins_process(plan.delays, workdir) as urls:
             from benchmarks.standins import calibrate
 
             progress.status("measuring the stand-ins' own latency")

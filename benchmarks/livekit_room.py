@@ -39,7 +39,6 @@ import numpy as np
 from benchmarks.scenarios import QUESTION, turn_row
 from benchmarks.stats import summary
 from benchmarks.systems import (
-    LOAD_CORE,
     REPO,
     SUT_CORE,
     _event_time,
@@ -47,9 +46,11 @@ from benchmarks.systems import (
     _stop,
     _wait_line,
     cpu_seconds,
-    pin,
+    provider_env,
+    standins_process,
     start_local_api,
 )
+from pipelines.pacing import FrameClock
 
 LK_AGENTS_VENV = Path(os.environ.get("RYMI_LIVEKIT_AGENTS_VENV",
                                      "/var/cache/rymi/venv-livekit-agents"))
@@ -126,8 +127,7 @@ class RoomCaller:
 
         samples = int(MIC_RATE * FRAME_S)
         silence = bytes(samples * 2)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        clock = FrameClock(FRAME_S)
         while True:
             data = self._pending.pop(0) if self._pending else silence
             await self._source.capture_frame(rtc.AudioFrame(data, MIC_RATE, 1, samples))
@@ -137,12 +137,7 @@ class RoomCaller:
                 self._voiced_left -= 1
                 if not self._voiced_left:
                     self._last_voiced_at = now
-            deadline += FRAME_S
-            delay = deadline - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                deadline = loop.time()
+            await clock.wait()
 
     def _on_track(self, track: Any, _pub: Any, participant: Any) -> None:
         from livekit import rtc
@@ -288,12 +283,7 @@ class RymiRoomStack(RoomStack):
             "RYMI_LIVEKIT_API_KEY": self.lk.api_key,
             "RYMI_LIVEKIT_API_SECRET": self.lk.api_secret,
             "RYMI_LIVEKIT_AGENT_NAME": self.agent_name,
-            "RYMI_DEEPGRAM_API_KEY": "bench",
-            "RYMI_DEEPGRAM_BASE_URL": self.standins["deepgram"],
-            "RYMI_OPENAI_API_KEY": "bench",
-            "RYMI_OPENAI_BASE_URL": self.standins["openai"],
-            "RYMI_OFFLINE_STT_DECODERS": "0",
-            "RYMI_LOG_LEVEL": "info",
+            **provider_env(self.standins),
         }
         log = self.workdir / "worker.log"
         self._worker = _spawn([sys.executable, "-m", "runtime.cli", "livekit"], log,
@@ -466,32 +456,6 @@ async def level(stack: RoomStack, lk: Any, calls: int, turns: int, budget_s: flo
     }
 
 
-@contextlib.contextmanager
-def _standins_process(delays: dict[str, float], workdir: Path) -> Any:
-    """benchmarks.standins as a process, started from the namespace's thread (so inside)."""
-    log = (workdir / "standins.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.standins", "--stt-delay", str(delays["stt"]),
-         "--llm-delay", str(delays["llm"]), "--tts-delay", str(delays["tts"])],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO, text=True,
-        preexec_fn=lambda: pin(LOAD_CORE),
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the provider stand-ins did not start; see {log.name}")
-        yield json.loads(line)
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
 async def run(frameworks: list[str], levels: list[int], delays: dict[str, float],
               workdir: Path, progress: Callable[[str], None] = lambda _: None,
               turns_for: Callable[[int], int] = lambda calls: 5 if calls == 1 else 3
@@ -518,7 +482,7 @@ async def run(frameworks: list[str], levels: list[int], delays: dict[str, float]
             progress("livekit: starting livekit-server in a loopback-only namespace")
             lk.start()  # a child of this (namespaced, load-core) thread
             try:
-                with _standins_process(delays, workdir) as urls:
+                with standins_process(delays, workdir) as urls:
                     from benchmarks.standins import calibrate
 
                     floor = await calibrate(urls)

@@ -56,6 +56,48 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def provider_env(standins: dict[str, Any]) -> dict[str, str]:
+    """A benchmarked rymi worker's settings: the stand-ins as its providers, plus any
+    ``BENCH_RYMI_*`` of this run (e.g. BENCH_RYMI_STALL_TRACE_MS=5) as ``RYMI_*``, without
+    the caller's own RYMI_* environment leaking into the worker."""
+    return {
+        "RYMI_DEEPGRAM_API_KEY": "bench",
+        "RYMI_DEEPGRAM_BASE_URL": standins["deepgram"],
+        "RYMI_OPENAI_API_KEY": "bench",
+        "RYMI_OPENAI_BASE_URL": standins["openai"],
+        "RYMI_OFFLINE_STT_DECODERS": "0",
+        "RYMI_LOG_LEVEL": "info",
+        **{k[len("BENCH_"):]: v for k, v in os.environ.items() if k.startswith("BENCH_RYMI_")},
+    }
+
+
+@contextlib.contextmanager
+def standins_process(delays: dict[str, float], workdir: Path) -> Any:
+    """benchmarks.standins as a process on the load generator's core; yields its URLs.
+    Blocking: it is entered once, before anything is measured."""
+    log = (workdir / "standins.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.standins", "--stt-delay", str(delays["stt"]),
+         "--llm-delay", str(delays["llm"]), "--tts-delay", str(delays["tts"])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO, text=True,
+        preexec_fn=lambda: pin(LOAD_CORE),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the provider stand-ins did not start; see {log.name}")
+        yield json.loads(line)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
@@ -208,15 +250,7 @@ class RymiSystem(System):
             "RYMI_API_URL": self.api_url,
             "RYMI_API_KEY": self.key,
             "RYMI_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-            "RYMI_DEEPGRAM_API_KEY": "bench",
-            "RYMI_DEEPGRAM_BASE_URL": self.standins["deepgram"],
-            "RYMI_OPENAI_API_KEY": "bench",
-            "RYMI_OPENAI_BASE_URL": self.standins["openai"],
-            "RYMI_OFFLINE_STT_DECODERS": "0",
-            "RYMI_LOG_LEVEL": "info",
-            # e.g. BENCH_RYMI_STALL_TRACE_MS=5: worker settings for one run, without the
-            # caller's own RYMI_* environment leaking into the worker
-            **{k[len("BENCH_"):]: v for k, v in os.environ.items() if k.startswith("BENCH_RYMI_")},
+            **provider_env(self.standins),
         }
         worker_log = self.workdir / "worker.log"
         self._worker = _spawn(

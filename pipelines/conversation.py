@@ -22,6 +22,7 @@ from typing import Any
 from pipelines.agent_config import AgentConfig
 from pipelines.audio import AudioConverter, Reframer, silence
 from pipelines.chunker import SentenceChunker
+from pipelines.pacing import FrameClock
 from pipelines.playout import FRAME_S, ReplyAudio
 from pipelines.ports import AudioOutput, CallObserver, TranscriptSegment
 from pipelines.turns import (
@@ -585,8 +586,7 @@ class Conversation:
 
     async def _playout_loop(self) -> None:
         """Send one frame every 20 ms while a reply has audio; sleep otherwise."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        clock = FrameClock(FRAME_S)
         while True:
             audio = self._next_audio()
             if audio is None or not audio.ready:
@@ -597,7 +597,7 @@ class Conversation:
                     audio.underruns += 1
                 self._wake.clear()
                 await self._wake.wait()
-                deadline = loop.time()
+                clock.restart()
                 if audio is not None:
                     audio.lead = 0
                 continue
@@ -613,12 +613,7 @@ class Conversation:
             if audio.lead < self.lead_frames:
                 audio.lead += 1  # sent ahead of real time: no wait
                 continue
-            deadline += FRAME_S
-            delay = deadline - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                deadline = loop.time()
+            await clock.wait()
 
     async def _finish_playout(self, audio: ReplyAudio) -> None:
         reply = self._replies.get(audio.turn_id)

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from livekit import api, rtc
 
+from pipelines.pacing import FrameClock
+
 MIC_RATE = 48000
 FRAME_S = 0.02
 LOUD_RMS = 300.0  # int16 RMS above which a received frame counts as speech
@@ -134,19 +136,13 @@ class Participant:
         assert self._source is not None
         samples = int(MIC_RATE * FRAME_S)
         silence = bytes(samples * 2)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        clock = FrameClock(FRAME_S)
         while True:
             data = self._pending.popleft() if self._pending else silence
             if not self._pending:
                 self._idle.set()
             await self._source.capture_frame(rtc.AudioFrame(data, MIC_RATE, 1, samples))
-            deadline += FRAME_S
-            delay = deadline - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                deadline = loop.time()
+            await clock.wait()
 
     # ---------------------------------------------------------------- hearing
 
